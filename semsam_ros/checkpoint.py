@@ -142,6 +142,7 @@ def map_official_state_dict(
     ours: dict[str, Tensor] = {}
     owner: dict[str, str] = {}
     aliases: list[tuple[str, str]] = []
+    misshapen: set[str] = set()
     problems: dict[str, list[str]] = {"unexpected": [], "missing": [], "wrong shape": [], "inconsistent": []}
     for key, tensor in official.items():
         if _REL_INDEX.match(key):  # a fixed table we recompute; the stored one must agree
@@ -163,6 +164,7 @@ def map_official_state_dict(
             continue
         if tensor.shape != expected[name].shape:
             problems["wrong shape"].append(f"{key} {_shape(tensor)} (model {_shape(expected[name])})")
+            misshapen.add(name)
             continue
         ours[name], owner[name] = tensor, key
     for key, target in aliases:
@@ -171,11 +173,12 @@ def map_official_state_dict(
             problems["unexpected"].append(key)
         elif official[key].shape != expected[name].shape:
             problems["wrong shape"].append(f"{key} {_shape(official[key])} (model {_shape(expected[name])})")
+            misshapen.add(name)
         elif name not in ours:
             ours[name], owner[name] = official[key], key
         elif not torch.equal(official[key], ours[name]):
             problems["inconsistent"].append(f"{key} differs from {owner[name]} (they share storage officially)")
-    problems["missing"] = [ours_to_official(n) for n in expected if n not in ours]
+    problems["missing"] = [ours_to_official(n) for n in expected if n not in ours and n not in misshapen]
     if any(problems.values()):
         raise CheckpointError(_format_problems(source, problems))
     return ours

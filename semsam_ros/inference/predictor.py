@@ -184,6 +184,8 @@ class Predictor:
         """
         emb = self._require_embedding()
         lead = lowres.shape[:-2]
+        if lowres.numel() == 0:
+            return lowres.new_zeros((*lead, *emb.original_size))
         x = lowres.reshape(1, -1, *lowres.shape[-2:]).float()
         x = F.interpolate(x, size=emb.padded_size, mode="bilinear", align_corners=False)
         x = x[..., : emb.input_size[0], : emb.input_size[1]]
