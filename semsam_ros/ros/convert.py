@@ -137,7 +137,7 @@ def segments_to_msg(
     msgs = []
     for i, seg in enumerate(segments):
         if seg.mask.shape != (height, width):
-            raise ValueError(f"segment {seg.id}: mask shape {seg.mask.shape} differs from the image ({height}, {width})")
+            raise ValueError(f"segment {seg.id}: mask shape {seg.mask.shape} differs from the image {(height, width)}")
         msgs.append(_segment_msg(types, seg, header, None if results3d is None else results3d[i]))
     return types.make(
         "semsam_ros/msg/SegmentArray",
