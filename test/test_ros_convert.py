@@ -15,12 +15,14 @@ from semsam_ros.ros.convert import (  # noqa: E402
     copy_header,
     label_array,
     make_header,
-    make_model_id,
     msg_to_segments,
     prompt_from_msg,
     prompt_to_msg,
+    label_info,
+    segments_to_detections,
     segments_to_msg,
     stamp_to_ns,
+    transform_point,
 )
 from semsam_ros.ros.msgtypes import MessageTypes  # noqa: E402
 from semsam_ros.ros.typestore import make_typestore  # noqa: E402
@@ -78,7 +80,7 @@ def cdr(store, msg):
 def test_segment_array_content(store, types):
     header = make_header(types, 1_700_000_000_123_456_789, "camera_optical")
     segs = sample_segments()
-    msg = cdr(store, segments_to_msg(types, segs, header, (H, W), make_model_id("swint", "ab" * 32),
+    msg = cdr(store, segments_to_msg(types, segs, header, (H, W), "swint-abababababab",
                                      [Fake3D(True), Fake3D(False), None], encode_ms=12.5, total_ms=20.0))
     assert stamp_to_ns(msg.header.stamp) == 1_700_000_000_123_456_789 and msg.header.frame_id == "camera_optical"
     assert (msg.height, msg.width, msg.model_id) == (H, W, "swint-abababababab")
@@ -182,3 +184,59 @@ def test_label_array_paints_smaller_masks_on_top():
     expected[2:4, 2:4] = 10
     np.testing.assert_array_equal(labels, expected)
     assert not label_array([other_level], (H, W), level=3).any()
+
+
+def test_transform_point():
+    half = np.sqrt(0.5)
+    transform = SimpleNamespace(  # 90 degrees about z, then a shift
+        translation=SimpleNamespace(x=1.0, y=2.0, z=3.0), rotation=SimpleNamespace(x=0.0, y=0.0, z=half, w=half)
+    )
+    np.testing.assert_allclose(transform_point(transform, [1.0, 0.0, 0.5]), [1.0, 3.0, 3.5], atol=1e-12)
+
+
+# vision_msgs 4.x (Humble, Jazzy) is not in the rosbags stores: register its definitions for these tests.
+VISION_MSGS = {
+    "Point2D": "float64 x\nfloat64 y\n",
+    "Pose2D": "vision_msgs/Point2D position\nfloat64 theta\n",
+    "BoundingBox2D": "vision_msgs/Pose2D center\nfloat64 size_x\nfloat64 size_y\n",
+    "ObjectHypothesis": "string class_id\nfloat64 score\n",
+    "ObjectHypothesisWithPose": "vision_msgs/ObjectHypothesis hypothesis\ngeometry_msgs/PoseWithCovariance pose\n",
+    "Detection2D": "std_msgs/Header header\nvision_msgs/ObjectHypothesisWithPose[] results\n"
+                   "vision_msgs/BoundingBox2D bbox\nstring id\n",
+    "Detection2DArray": "std_msgs/Header header\nvision_msgs/Detection2D[] detections\n",
+    "VisionClass": "uint16 class_id\nstring class_name\n",
+    "LabelInfo": "std_msgs/Header header\nvision_msgs/VisionClass[] class_map\nfloat32 threshold\n",
+}
+
+
+@pytest.fixture(scope="module")
+def vision_store():
+    from rosbags.typesys import get_types_from_msg
+
+    store = make_typestore("jazzy")
+    for name, text in VISION_MSGS.items():
+        store.register(get_types_from_msg(text, f"vision_msgs/msg/{name}"))
+    return store
+
+
+def test_detection_mirror(vision_store):
+    types = MessageTypes.from_typestore(vision_store)
+    segs = sample_segments()
+    msg = cdr(vision_store, segments_to_detections(types, segs, make_header(types, 9, "cam"),
+                                                   [Fake3D(True), None, Fake3D(False)]))
+    assert msg.header.frame_id == "cam" and len(msg.detections) == 3
+    ring, handle, empty = msg.detections
+    assert ring.id == "0" and [h.hypothesis.class_id for h in ring.results] == ["mug", "cup"]
+    assert ring.results[0].hypothesis.score == pytest.approx(0.8) and ring.results[0].pose.pose.position.z == 1.5
+    assert (ring.bbox.center.position.x, ring.bbox.center.position.y, ring.bbox.size_x, ring.bbox.size_y) == (
+        3.5, 3.0, 5.0, 4.0)
+    assert [h.hypothesis.class_id for h in handle.results] == ["handle"]
+    assert handle.results[0].pose.pose.orientation.w == 1
+    assert empty.results[0].hypothesis.class_id == "unknown" and empty.bbox.size_x == 0
+
+
+def test_label_info(vision_store):
+    types = MessageTypes.from_typestore(vision_store)
+    msg = cdr(vision_store, label_info(types, make_header(types, 0, "cam"), ["unknown", "mug", "handle"], 0.3))
+    assert [(c.class_id, c.class_name) for c in msg.class_map] == [(0, "unknown"), (1, "mug"), (2, "handle")]
+    assert msg.threshold == pytest.approx(0.3)

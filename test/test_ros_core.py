@@ -466,3 +466,15 @@ def test_release_drops_buffered_frames(types, logs):
     core.release()
     core.submit_prompt(point_prompt())
     assert core.step() == [] and core.stats()["buffered_frames"] == 0
+
+
+def test_diagnostics_warn_on_new_errors(types, logs):
+    core = make_core(types, logs)
+    level, summary, values = core.diagnostics()
+    assert level == 0 and values["frames_received"] == "0" and values["model_id"] == "tiny-0123456789ab"
+    core.submit_prompt(point_prompt())
+    core.step()
+    level, summary, values = core.diagnostics()
+    assert level == 1 and "prompt/PromptError/no_frame" in summary
+    assert values["errors/prompt/PromptError/no_frame"] == "1" and values["prompts_rejected"] == "1"
+    assert core.diagnostics()[0] == 0  # no new error since

@@ -63,11 +63,6 @@ def copy_header(types: MessageTypes, header: Any) -> Any:
     return make_header(types, stamp_to_ns(header.stamp), header.frame_id)
 
 
-def make_model_id(preset: str, weights_sha256: str) -> str:
-    """SegmentArray.model_id: ``<preset>-<first 12 hex digits of the weights' sha256>``."""
-    return f"{preset}-{weights_sha256[:12]}"
-
-
 def _vector(types: MessageTypes, name: str, values: Sequence[float], keys: str) -> Any:
     return types.make(name, **{k: float(v) for k, v in zip(keys, values)})
 
@@ -229,6 +224,71 @@ def prompt_to_msg(types: MessageTypes, prompt: PromptRequest) -> Any:
         text=prompt.text,
         sticky=bool(prompt.sticky),
     )
+
+
+def transform_point(transform: Any, point: Sequence[float]) -> np.ndarray:
+    """Apply a geometry_msgs/Transform (translation + unit quaternion rotation) to a 3D point."""
+    q = transform.rotation
+    x, y, z, w = float(q.x), float(q.y), float(q.z), float(q.w)
+    rotation = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+    t = transform.translation
+    return rotation @ np.asarray(point, dtype=np.float64) + np.array([t.x, t.y, t.z], dtype=np.float64)
+
+
+def segments_to_detections(
+    types: MessageTypes, segments: Sequence[Segment], header: Any, results3d: Sequence[Segment3D | None] | None = None
+) -> Any:
+    """vision_msgs/Detection2DArray mirror of a SegmentArray (vision_msgs 4.x, as in Humble and Jazzy).
+
+    One detection per segment: ``id`` = segment id, the bbox, and one hypothesis per top label (the label alone
+    when there are none), with the segment's 3D pose when it has one.
+    """
+    header = copy_header(types, header)
+    identity = types.make("geometry_msgs/msg/Pose", position=types.make("geometry_msgs/msg/Point", x=0.0, y=0.0, z=0.0),
+                          orientation=types.make("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
+    detections = []
+    for i, seg in enumerate(segments):
+        result3d = None if results3d is None else results3d[i]
+        pose = identity
+        if result3d is not None and result3d.valid:
+            pose = types.make(
+                "geometry_msgs/msg/Pose",
+                position=_vector(types, "geometry_msgs/msg/Point", result3d.position, "xyz"),
+                orientation=_vector(types, "geometry_msgs/msg/Quaternion", result3d.orientation, "xyzw"),
+            )
+        with_pose = types.make("geometry_msgs/msg/PoseWithCovariance", pose=pose,
+                               covariance=types.float_array(np.zeros(36)))
+        hypotheses = [
+            types.make(
+                "vision_msgs/msg/ObjectHypothesisWithPose",
+                hypothesis=types.make("vision_msgs/msg/ObjectHypothesis", class_id=label, score=float(score)),
+                pose=with_pose,
+            )
+            for label, score in (seg.top_labels or [(seg.label, seg.label_score)])
+        ]
+        x0, y0, x1, y1 = seg.bbox
+        center = types.make(
+            "vision_msgs/msg/Pose2D",
+            position=types.make("vision_msgs/msg/Point2D", x=(x0 + x1) / 2.0, y=(y0 + y1) / 2.0),
+            theta=0.0,
+        )
+        bbox = types.make("vision_msgs/msg/BoundingBox2D", center=center, size_x=float(x1 - x0),
+                          size_y=float(y1 - y0))
+        detections.append(types.make("vision_msgs/msg/Detection2D", header=header, results=hypotheses, bbox=bbox,
+                                     id=str(seg.id)))
+    return types.make("vision_msgs/msg/Detection2DArray", header=header, detections=detections)
+
+
+def label_info(types: MessageTypes, header: Any, class_names: Sequence[str], threshold: float) -> Any:
+    """vision_msgs/LabelInfo mapping class ids 0..N-1 to ``class_names``."""
+    class_map = [types.make("vision_msgs/msg/VisionClass", class_id=i, class_name=name)
+                 for i, name in enumerate(class_names)]
+    return types.make("vision_msgs/msg/LabelInfo", header=copy_header(types, header), class_map=class_map,
+                      threshold=float(threshold))
 
 
 def label_array(segments: Sequence[Segment], image_size: tuple[int, int], level: int) -> np.ndarray:

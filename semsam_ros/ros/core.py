@@ -30,6 +30,13 @@ MODES = ("prompts", "auto", "both")
 PROMPT_BATCH = 16  # prompts per predictor call (bounds the (N, 6, H, W) logits in memory)
 
 
+def _param(default: Any, doc: str) -> Any:
+    """A NodeParams field with its documentation (used for the ROS parameter descriptors)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class NodeParams:
     """Every node parameter with its default (mirrored in config/semsam.yaml); ``validate`` explains bad values.
@@ -37,36 +44,38 @@ class NodeParams:
     Parameters in ``RUNTIME_PARAMS`` apply at once when set; the others at the next configure/activate.
     """
 
-    checkpoint: str = ""  # .pth (official) or .safetensors (ours)
-    model_config: str = ""  # "" (inferred from the weights), "swint", "swinl" or an official-format YAML path
-    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
-    backend: str = "eager"  # eager, compile, tensorrt
-    precision: str = "fp32"  # fp32, fp16, bf16
-    input_size: int = 640  # short side the image is resized to before the encoder
-    image_transport: str = "raw"  # raw: sensor_msgs/Image on `image`; compressed: CompressedImage on `image/compressed`
-    use_depth: bool = False  # subscribe `depth` (registered to the image) and `camera_info`, synchronised, for 3D
-    sync_slop: float = 0.05  # seconds, ApproximateTime tolerance between image, depth and camera_info
-    input_reliability: str = "best_effort"  # QoS of the inputs: best_effort (sensor data) or reliable
-    input_depth: int = 5  # QoS history depth of the inputs
-    mode: str = "prompts"  # prompts, auto (segment everything at auto_rate_hz) or both
-    auto_rate_hz: float = 1.0
-    auto_levels: list[int] = field(default_factory=lambda: [1, 3, 6])
-    points_per_side: int = 16
-    auto_iou_threshold: float = 0.88
-    stability_threshold: float = 0.92
-    nms_iou: float = 0.7
-    score_threshold: float = 0.5  # prompted masks: minimum IoU score (rounded to 2 decimals)
-    dedupe_iou: float = 0.95  # prompted masks: drop one overlapping a kept one by more than this IoU
-    min_region_area: int = 100  # holes and islands smaller than this (pixels) are removed
-    buffer_size: int = 8  # recent frames kept (with their embeddings once computed) for stamped prompts
-    max_stamp_diff: float = 0.5  # seconds between a prompt's stamp and the nearest buffered frame
-    label_image_level: int = 3  # the level drawn into ~/label_image
-    overlay_alpha: float = 0.5
-    semantics: bool = False  # label segments with a CLIP model (needs transformers and a local model)
-    clip_model: str = ""  # "" (the labeller's default), a local folder or a model id in the local HF cache
-    vocabulary: str = ""  # "" (shipped default) or a vocabulary YAML path
-    error_log_period: float = 10.0  # seconds between two log lines of the same error cause
-    autostart: bool = True  # configure and activate on start
+    checkpoint: str = _param("", "model weights: an official .pth or our .safetensors (required)")
+    model_config: str = _param("", "'' (inferred from the weights), swint, swinl or an official-format YAML path")
+    device: str = _param("auto", "auto (cuda when available), cpu, cuda or cuda:N")
+    backend: str = _param("eager", "eager, compile or tensorrt")
+    precision: str = _param("fp32", "fp32, fp16 or bf16")
+    input_size: int = _param(640, "short side of the image given to the encoder, pixels")
+    image_transport: str = _param(
+        "raw", "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage on 'image/compressed'")
+    use_depth: bool = _param(
+        False, "also subscribe 'depth' (registered to the image) and 'camera_info', synchronised, for 3D")
+    sync_slop: float = _param(0.05, "ApproximateTime tolerance between image, depth and camera_info, s")
+    input_reliability: str = _param("best_effort", "QoS reliability of the inputs: best_effort or reliable")
+    input_depth: int = _param(5, "QoS history depth of the inputs")
+    mode: str = _param("prompts", "prompts, auto (segment everything at auto_rate_hz) or both")
+    auto_rate_hz: float = _param(1.0, "rate of automatic segmentation, Hz")
+    auto_levels: list[int] = _param([1, 3, 6], "granularity levels of automatic segmentation, 1..6 coarse to fine")
+    points_per_side: int = _param(16, "automatic segmentation: point grid size")
+    auto_iou_threshold: float = _param(0.88, "automatic segmentation: minimum raw IoU score")
+    stability_threshold: float = _param(0.92, "automatic segmentation: minimum stability score")
+    nms_iou: float = _param(0.7, "automatic segmentation: box NMS IoU")
+    score_threshold: float = _param(0.5, "prompted masks: minimum IoU score (rounded to 2 decimals)")
+    dedupe_iou: float = _param(0.95, "prompted masks: drop a mask overlapping a kept one by more than this IoU")
+    min_region_area: int = _param(100, "holes and islands smaller than this are removed, pixels")
+    buffer_size: int = _param(8, "recent frames kept, with their image embeddings, for stamped prompts")
+    max_stamp_diff: float = _param(0.5, "largest gap between a prompt's stamp and the frame it is answered on, s")
+    label_image_level: int = _param(3, "the granularity level drawn into ~/label_image")
+    overlay_alpha: float = _param(0.5, "opacity of the masks in ~/overlay")
+    semantics: bool = _param(False, "label segments with a CLIP model (needs transformers and a local model)")
+    clip_model: str = _param("", "'' (the labeller's default), a local folder or a model id in the local HF cache")
+    vocabulary: str = _param("", "'' (the shipped vocabulary) or a vocabulary YAML path")
+    error_log_period: float = _param(10.0, "seconds between two log lines of the same error cause")
+    autostart: bool = _param(True, "configure and activate on start")
 
     def validate(self) -> list[str]:
         """Why these values are not usable (empty when they are)."""
@@ -278,6 +287,7 @@ class NodeCore:
         self._jobs: list[_Job] = []
         self._sticky: dict[int, PromptRequest] = {}
         self._next_auto = float("-inf")
+        self._errors_reported = 0
         self.counters = dict.fromkeys(
             ("frames_received", "frames_dropped", "frames_processed", "prompts_received", "prompts_answered",
              "prompts_rejected"), 0)
@@ -401,6 +411,20 @@ class NodeCore:
             buffered, sticky = len(self._buffer), len(self._sticky)
         return {**self.counters, "rate_hz": rate, "latency_ms": latency, "buffered_frames": buffered,
                 "sticky_prompts": sticky, "errors": dict(self.errors.counts)}
+
+    def diagnostics(self) -> tuple[int, str, dict[str, str]]:
+        """(level 0 OK / 1 WARN, summary, key-values) for /diagnostics; WARN when errors happened since the last
+        call."""
+        stats = self.stats()
+        errors = stats.pop("errors")
+        total = sum(errors.values())
+        new, self._errors_reported = total - self._errors_reported, total
+        values = {k: (f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in stats.items()}
+        values.update({f"errors/{cause}": str(count) for cause, count in sorted(errors.items())})
+        values["model_id"] = self.model_id
+        if new:
+            return 1, f"{new} error(s) since the last report; causes: {', '.join(sorted(errors))}", values
+        return 0, f"{stats['rate_hz']:.1f} results/s, {stats['latency_ms']:.0f} ms", values
 
     # --- internals ----------------------------------------------------------------------------------------------
 
