@@ -1,0 +1,304 @@
+"""Segments <-> semsam_ros messages, and Prompt messages -> plain requests; shared by the node and the bag tools.
+
+Only attributes of the incoming messages are read, and outgoing ones are built through ``MessageTypes``, so every
+function serves rclpy and rosbags messages alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from semsam_ros.inference.segments import Segment
+from semsam_ros.ros.images import image_to_array, mono_to_image
+from semsam_ros.ros.msgtypes import MessageTypes
+
+LEVELS = (1, 2, 3, 4, 5, 6)
+
+
+class Segment3D(Protocol):
+    """What the 3D layer reports for one segment (only these attributes are read)."""
+
+    valid: bool
+    position: Sequence[float]  # x, y, z in metres
+    orientation: Sequence[float]  # quaternion x, y, z, w
+    size: Sequence[float]  # box extents in metres
+    point_count: int
+
+
+@dataclass
+class PromptRequest:
+    """A Prompt message as plain Python: pixel points (P, 2) xy and boxes (B, 4) XYXY."""
+
+    prompt_id: int
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    levels: tuple[int, ...] = ()  # empty: all six
+    text: str = ""
+    sticky: bool = False
+    stamp_ns: int = 0  # 0: the newest frame
+    frame_id: str = ""
+
+    @property
+    def is_empty(self) -> bool:
+        """No point and no box (a sticky prompt of this id is then removed)."""
+        return len(self.points) == 0 and len(self.boxes) == 0
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def make_header(types: MessageTypes, stamp_ns: int, frame_id: str) -> Any:
+    """std_msgs/Header with the given stamp (ns) and frame."""
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    stamp = types.make("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
+    return types.make("std_msgs/msg/Header", stamp=stamp, frame_id=frame_id)
+
+
+def copy_header(types: MessageTypes, header: Any) -> Any:
+    """An exact copy of ``header`` (stamp and frame_id) as a message of ``types``."""
+    return make_header(types, stamp_to_ns(header.stamp), header.frame_id)
+
+
+def _vector(types: MessageTypes, name: str, values: Sequence[float], keys: str) -> Any:
+    return types.make(name, **{k: float(v) for k, v in zip(keys, values)})
+
+
+def _segment_msg(types: MessageTypes, seg: Segment, header: Any, result3d: Segment3D | None) -> Any:
+    x0, y0, x1, y1 = (int(v) for v in seg.bbox)
+    crop = np.where(seg.mask[y0:y1, x0:x1], np.uint8(255), np.uint8(0))
+    has_3d = result3d is not None and bool(result3d.valid)
+    pose = types.make(
+        "geometry_msgs/msg/Pose",
+        position=_vector(types, "geometry_msgs/msg/Point", result3d.position if has_3d else (0, 0, 0), "xyz"),
+        orientation=_vector(
+            types, "geometry_msgs/msg/Quaternion", result3d.orientation if has_3d else (0, 0, 0, 1), "xyzw"
+        ),
+    )
+    return types.make(
+        "semsam_ros/msg/Segment",
+        id=int(seg.id),
+        prompt_id=int(seg.prompt_id),
+        level=int(seg.level),
+        kind=int(seg.kind),
+        iou_score=float(seg.iou_score),
+        stability_score=float(seg.stability_score),
+        label=seg.label,
+        label_score=float(seg.label_score),
+        top_labels=[label for label, _ in seg.top_labels],
+        top_label_scores=types.float_array([score for _, score in seg.top_labels], "float32"),
+        parent_id=int(seg.parent_id),
+        child_ids=types.float_array(seg.child_ids, "int32"),  # a numeric array field of any dtype
+        bbox=types.make(
+            "sensor_msgs/msg/RegionOfInterest", x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0,
+            do_rectify=False,
+        ),
+        mask=mono_to_image(types, crop, header),  # 0x0 for an empty mask
+        area=int(seg.area),
+        centroid_x=float(seg.centroid[0]),
+        centroid_y=float(seg.centroid[1]),
+        has_3d=has_3d,
+        pose=pose,
+        size=_vector(types, "geometry_msgs/msg/Vector3", result3d.size if has_3d else (0, 0, 0), "xyz"),
+        point_count=int(result3d.point_count) if has_3d else 0,
+    )
+
+
+def segments_to_msg(
+    types: MessageTypes,
+    segments: Sequence[Segment],
+    header: Any,
+    image_size: tuple[int, int],
+    model_id: str,
+    results3d: Sequence[Segment3D | None] | None = None,
+    *,
+    encode_ms: float = 0.0,
+    decode_ms: float = 0.0,
+    postprocess_ms: float = 0.0,
+    total_ms: float = 0.0,
+) -> Any:
+    """semsam_ros/SegmentArray of ``segments`` of an image of ``image_size`` (H, W).
+
+    ``header`` is copied exactly into the array and every mask image. ``results3d`` (one entry per segment, or
+    None) fills the 3D fields; a missing or invalid entry gives ``has_3d`` false.
+    """
+    height, width = (int(v) for v in image_size)
+    if results3d is not None and len(results3d) != len(segments):
+        raise ValueError(f"{len(results3d)} 3D results for {len(segments)} segments")
+    header = copy_header(types, header)
+    msgs = []
+    for i, seg in enumerate(segments):
+        if seg.mask.shape != (height, width):
+            raise ValueError(f"segment {seg.id}: mask shape {seg.mask.shape} differs from the image {(height, width)}")
+        msgs.append(_segment_msg(types, seg, header, None if results3d is None else results3d[i]))
+    return types.make(
+        "semsam_ros/msg/SegmentArray",
+        header=header,
+        height=height,
+        width=width,
+        model_id=model_id,
+        segments=msgs,
+        encode_ms=float(encode_ms),
+        decode_ms=float(decode_ms),
+        postprocess_ms=float(postprocess_ms),
+        total_ms=float(total_ms),
+    )
+
+
+def msg_to_segments(msg: Any, image_size: tuple[int, int] | None = None) -> list[Segment]:
+    """Segments of a SegmentArray with full-size bool masks (image size from the message unless given)."""
+    height, width = (int(msg.height), int(msg.width)) if image_size is None else image_size
+    segments = []
+    for s in msg.segments:
+        x0, y0 = int(s.bbox.x_offset), int(s.bbox.y_offset)
+        x1, y1 = x0 + int(s.bbox.width), y0 + int(s.bbox.height)
+        mask = np.zeros((height, width), dtype=bool)
+        if s.mask.width and s.mask.height:
+            crop = image_to_array(s.mask)
+            if crop.shape != (y1 - y0, x1 - x0):
+                raise ValueError(f"segment {s.id}: mask is {crop.shape[::-1]} pixels but its bbox {x1 - x0}x{y1 - y0}")
+            mask[y0:y1, x0:x1] = crop > 0
+        segments.append(
+            Segment(
+                mask=mask,
+                level=int(s.level),
+                iou_score=float(s.iou_score),
+                area=int(s.area),
+                bbox=(x0, y0, x1, y1),
+                centroid=(float(s.centroid_x), float(s.centroid_y)),
+                id=int(s.id),
+                prompt_id=int(s.prompt_id),
+                stability_score=float(s.stability_score),
+                kind=int(s.kind),
+                label=s.label,
+                label_score=float(s.label_score),
+                top_labels=[(str(lb), float(sc)) for lb, sc in zip(s.top_labels, s.top_label_scores)],
+                parent_id=int(s.parent_id),
+                child_ids=[int(c) for c in s.child_ids],
+            )
+        )
+    return segments
+
+
+def prompt_from_msg(msg: Any) -> PromptRequest:
+    """PromptRequest of a semsam_ros/Prompt; ValueError on a negative id or a level outside 1..6."""
+    if int(msg.prompt_id) < 0:
+        raise ValueError(f"prompt_id must be >= 0 (-1 marks automatic segments), got {msg.prompt_id}")
+    levels = tuple(int(v) for v in msg.levels)
+    if any(level not in LEVELS for level in levels):
+        raise ValueError(f"prompt {msg.prompt_id}: levels must lie in 1..6, got {list(levels)}")
+    boxes = [(b.x_offset, b.y_offset, b.x_offset + b.width, b.y_offset + b.height) for b in msg.boxes]
+    return PromptRequest(
+        prompt_id=int(msg.prompt_id),
+        points=np.array([(p.x, p.y) for p in msg.points], dtype=np.float64).reshape(-1, 2),
+        boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4),
+        levels=tuple(sorted(set(levels))),
+        text=msg.text,
+        sticky=bool(msg.sticky),
+        stamp_ns=stamp_to_ns(msg.header.stamp),
+        frame_id=msg.header.frame_id,
+    )
+
+
+def prompt_to_msg(types: MessageTypes, prompt: PromptRequest) -> Any:
+    """semsam_ros/Prompt of a PromptRequest (box corners rounded to whole pixels)."""
+    boxes = []
+    for x0, y0, x1, y1 in np.rint(prompt.boxes).astype(int):
+        boxes.append(
+            types.make(
+                "sensor_msgs/msg/RegionOfInterest", x_offset=int(x0), y_offset=int(y0), width=int(x1 - x0),
+                height=int(y1 - y0), do_rectify=False,
+            )
+        )
+    points = [types.make("geometry_msgs/msg/Point", x=float(x), y=float(y), z=0.0) for x, y in prompt.points]
+    return types.make(
+        "semsam_ros/msg/Prompt",
+        header=make_header(types, prompt.stamp_ns, prompt.frame_id),
+        prompt_id=int(prompt.prompt_id),
+        points=points,
+        boxes=boxes,
+        levels=types.byte_array(np.array(prompt.levels, dtype=np.uint8)),
+        text=prompt.text,
+        sticky=bool(prompt.sticky),
+    )
+
+
+def transform_point(transform: Any, point: Sequence[float]) -> np.ndarray:
+    """Apply a geometry_msgs/Transform (translation + unit quaternion rotation) to a 3D point."""
+    q = transform.rotation
+    x, y, z, w = float(q.x), float(q.y), float(q.z), float(q.w)
+    rotation = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+    t = transform.translation
+    return rotation @ np.asarray(point, dtype=np.float64) + np.array([t.x, t.y, t.z], dtype=np.float64)
+
+
+def segments_to_detections(
+    types: MessageTypes, segments: Sequence[Segment], header: Any, results3d: Sequence[Segment3D | None] | None = None
+) -> Any:
+    """vision_msgs/Detection2DArray mirror of a SegmentArray (vision_msgs 4.x, as in Humble and Jazzy).
+
+    One detection per segment: ``id`` = segment id, the bbox, and one hypothesis per top label (the label alone
+    when there are none), with the segment's 3D pose when it has one.
+    """
+    header = copy_header(types, header)
+    identity = types.make("geometry_msgs/msg/Pose", position=types.make("geometry_msgs/msg/Point", x=0.0, y=0.0, z=0.0),
+                          orientation=types.make("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
+    detections = []
+    for i, seg in enumerate(segments):
+        result3d = None if results3d is None else results3d[i]
+        pose = identity
+        if result3d is not None and result3d.valid:
+            pose = types.make(
+                "geometry_msgs/msg/Pose",
+                position=_vector(types, "geometry_msgs/msg/Point", result3d.position, "xyz"),
+                orientation=_vector(types, "geometry_msgs/msg/Quaternion", result3d.orientation, "xyzw"),
+            )
+        with_pose = types.make("geometry_msgs/msg/PoseWithCovariance", pose=pose,
+                               covariance=types.float_array(np.zeros(36)))
+        hypotheses = [
+            types.make(
+                "vision_msgs/msg/ObjectHypothesisWithPose",
+                hypothesis=types.make("vision_msgs/msg/ObjectHypothesis", class_id=label, score=float(score)),
+                pose=with_pose,
+            )
+            for label, score in (seg.top_labels or [(seg.label, seg.label_score)])
+        ]
+        x0, y0, x1, y1 = seg.bbox
+        center = types.make(
+            "vision_msgs/msg/Pose2D",
+            position=types.make("vision_msgs/msg/Point2D", x=(x0 + x1) / 2.0, y=(y0 + y1) / 2.0),
+            theta=0.0,
+        )
+        bbox = types.make("vision_msgs/msg/BoundingBox2D", center=center, size_x=float(x1 - x0),
+                          size_y=float(y1 - y0))
+        detections.append(types.make("vision_msgs/msg/Detection2D", header=header, results=hypotheses, bbox=bbox,
+                                     id=str(seg.id)))
+    return types.make("vision_msgs/msg/Detection2DArray", header=header, detections=detections)
+
+
+def label_info(types: MessageTypes, header: Any, class_names: Sequence[str], threshold: float) -> Any:
+    """vision_msgs/LabelInfo mapping class ids 0..N-1 to ``class_names``."""
+    class_map = [types.make("vision_msgs/msg/VisionClass", class_id=i, class_name=name)
+                 for i, name in enumerate(class_names)]
+    return types.make("vision_msgs/msg/LabelInfo", header=copy_header(types, header), class_map=class_map,
+                      threshold=float(threshold))
+
+
+def label_array(segments: Sequence[Segment], image_size: tuple[int, int], level: int) -> np.ndarray:
+    """HxW uint16 labels of the segments of one level: ``id + 1`` inside a mask, 0 elsewhere.
+
+    Where masks overlap, the smaller one wins (larger masks are painted first).
+    """
+    labels = np.zeros(image_size, dtype=np.uint16)
+    for seg in sorted((s for s in segments if s.level == level), key=lambda s: -s.area):
+        if not 0 <= seg.id < 65535:
+            raise ValueError(f"segment id {seg.id} does not fit a 16UC1 label image")
+        labels[seg.mask] = seg.id + 1
+    return labels
