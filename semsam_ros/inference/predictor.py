@@ -1,0 +1,198 @@
+"""Predictor: encode an image once, then decode any number of point and box prompts against it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from ..config import LEVELS
+from ..model.semantic_sam import SemanticSam
+
+POINT_BOX_SIZE = 0.005  # a click is the tiny box [x/W, y/H, 0.005, 0.005], as in the official predictor
+PROMPT_TYPE = 0  # point/box embedding row used by the official inference for clicks and boxes
+
+
+def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) with the short side set to ``short_side`` and the long side truncated, as torchvision's Resize."""
+    if width <= height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
+
+
+def resize_image(image: np.ndarray, short_side: int) -> np.ndarray:
+    """Resize with PIL bicubic (the official preprocessing); returned unchanged when already at size."""
+    h, w = image.shape[:2]
+    new_h, new_w = resized_shape(h, w, short_side)
+    if (new_h, new_w) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
+
+
+def check_image(image: Any) -> np.ndarray:
+    """Validate an HxWx3 uint8 RGB array; raise ValueError naming the problem."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array (HxWx3 uint8 RGB), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3 RGB, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    return np.ascontiguousarray(image)
+
+
+def _as_prompt_array(values: Any, columns: int, what: str) -> np.ndarray:
+    arr = np.zeros((0, columns)) if values is None else np.asarray(values, dtype=np.float64)
+    if arr.ndim == 1 and arr.size == columns:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != columns:
+        raise ValueError(f"{what} must have shape (N, {columns}), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return arr
+
+
+def prompts_to_boxes(points: Any, boxes: Any, height: int, width: int) -> np.ndarray:
+    """Pixel points (P, 2) and XYXY boxes (B, 4) -> (P+B, 4) relative [cx, cy, w, h]; raises on bad prompts."""
+    pts = _as_prompt_array(points, 2, "points")
+    bxs = _as_prompt_array(boxes, 4, "boxes")
+    outside = (pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)
+    if outside.any():
+        bad = pts[outside][0]
+        raise ValueError(f"point ({bad[0]:g}, {bad[1]:g}) is outside the {width}x{height} image")
+    if len(bxs):
+        x0, y0, x1, y1 = bxs.T
+        if ((x1 <= x0) | (y1 <= y0)).any():
+            raise ValueError("boxes must be X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
+        if ((x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height)).any():
+            raise ValueError(f"a box reaches outside the {width}x{height} image")
+    size = np.array([width, height], dtype=np.float64)
+    rel_points = np.concatenate([pts / size, np.full_like(pts, POINT_BOX_SIZE)], axis=1)
+    rel_boxes = np.concatenate([(bxs[:, :2] + bxs[:, 2:]) / 2 / size, (bxs[:, 2:] - bxs[:, :2]) / size], axis=1)
+    return np.concatenate([rel_points, rel_boxes]).astype(np.float32)
+
+
+@dataclass
+class ImageEmbedding:
+    """Everything the prompt decoder needs about one image."""
+
+    mask_features: Tensor  # (1, C, Hp/4, Wp/4)
+    values: Tensor  # (decoder layers, heads, C/heads, S)
+    original_size: tuple[int, int]  # (H, W) of the image given to set_image / encode
+    input_size: tuple[int, int]  # (h, w) after resizing, before padding
+    padded_size: tuple[int, int]  # (Hp, Wp)
+
+
+@dataclass
+class Prediction:
+    """Per prompt (points first, then boxes), 6 columns in granularity level order 1..6."""
+
+    mask_logits: np.ndarray  # float32 (N, 6, H, W)
+    iou_scores: np.ndarray  # float32 (N, 6), raw IoU-head outputs
+    levels: tuple[int, ...] = LEVELS
+
+    @property
+    def masks(self) -> np.ndarray:
+        return self.mask_logits > 0
+
+
+class Predictor:
+    """SamPredictor-style API: ``set_image`` once (the image encoder runs), then ``predict`` per prompt batch.
+
+    ``image_encoder`` and ``prompt_decoder`` default to the model's own modules; a deployment backend may pass
+    compiled replacements with the same signatures.
+    """
+
+    def __init__(
+        self,
+        model: SemanticSam,
+        device: str | torch.device = "cpu",
+        input_size: int = 640,
+        image_encoder: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+        prompt_decoder: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> None:
+        if input_size <= 0:
+            raise ValueError(f"input_size must be positive, got {input_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.input_size = input_size
+        self.image_encoder = image_encoder or self.model.image_encoder
+        self.prompt_decoder = prompt_decoder or self.model.prompt_decoder
+        self.embedding: ImageEmbedding | None = None
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> ImageEmbedding:
+        """Run the image encoder on an HxWx3 uint8 RGB image (any size; short side resized to input_size)."""
+        image = check_image(image)
+        resized = resize_image(image, self.input_size)
+        tensor = torch.from_numpy(np.require(resized, requirements=['C', 'W'])).to(self.device).permute(2, 0, 1)
+        x = self.model.preprocess(tensor)
+        mask_features, values = self.image_encoder(x)
+        return ImageEmbedding(
+            mask_features, values, image.shape[:2], resized.shape[:2], (int(x.shape[2]), int(x.shape[3]))
+        )
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.set_embedding(self.encode(image))
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        self.embedding = embedding
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the image given to ``set_image``."""
+        return self._require_embedding().original_size
+
+    def _require_embedding(self) -> ImageEmbedding:
+        if self.embedding is None:
+            raise RuntimeError("no image set: call set_image(image) before predict")
+        return self.embedding
+
+    @torch.inference_mode()
+    def predict_lowres(self, points: Any = None, boxes: Any = None) -> tuple[Tensor, Tensor]:
+        """Stride-4 logits of the padded canvas (N, 6, Hp/4, Wp/4) and IoU scores (N, 6), level order."""
+        emb = self._require_embedding()
+        rel = prompts_to_boxes(points, boxes, *emb.original_size)
+        return self.decode_boxes(torch.from_numpy(rel))
+
+    @torch.inference_mode()
+    def decode_boxes(self, rel_boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode (N, 4) boxes [cx, cy, w, h] relative to the image (a click: [x/W, y/H, 0.005, 0.005])."""
+        emb = self._require_embedding()
+        (h, w), (hp, wp) = emb.input_size, emb.padded_size
+        # rescale into the padded frame in float32, multiplying first, as the official evaluate_demo
+        size = torch.tensor([w, h, w, h], dtype=torch.float32)
+        padded = rel_boxes.to(torch.float32) * size / torch.tensor([wp, hp, wp, hp], dtype=torch.float32)
+        pb = torch.full((len(padded),), PROMPT_TYPE, dtype=torch.long, device=self.device)
+        if len(padded) == 0:
+            _, _, h4, w4 = emb.mask_features.shape
+            empty = emb.mask_features.new_zeros((0, len(LEVELS)))
+            return empty.new_zeros((0, len(LEVELS), h4, w4)), empty
+        return self.prompt_decoder(padded.to(self.device), pb, emb.mask_features, emb.values)
+
+    @torch.inference_mode()
+    def upsample_logits(self, lowres: Tensor) -> Tensor:
+        """(..., Hp/4, Wp/4) stride-4 logits -> (..., H, W) at the resolution of the image given to set_image.
+
+        Bilinear x4 to the padded canvas, crop to the resized image (the official evaluate_demo output), then,
+        only if set_image resized the image, bilinear to its original size.
+        """
+        emb = self._require_embedding()
+        lead = lowres.shape[:-2]
+        x = lowres.reshape(1, -1, *lowres.shape[-2:]).float()
+        x = F.interpolate(x, size=emb.padded_size, mode="bilinear", align_corners=False)
+        x = x[..., : emb.input_size[0], : emb.input_size[1]]
+        if emb.input_size != emb.original_size:
+            x = F.interpolate(x, size=emb.original_size, mode="bilinear", align_corners=False)
+        return x.reshape(*lead, *x.shape[-2:])
+
+    def predict(self, points: Any = None, boxes: Any = None) -> Prediction:
+        """Masks for pixel points (P, 2) and pixel XYXY boxes (B, 4); each prompt independent of the others."""
+        lowres, ious = self.predict_lowres(points, boxes)
+        logits = self.upsample_logits(lowres)
+        return Prediction(logits.cpu().numpy(), ious.float().cpu().numpy())
