@@ -1,12 +1,16 @@
-"""AutomaticMaskGenerator: the official per-mask arithmetic on controlled logits, crops, records."""
+"""AutomaticMaskGenerator: the official per-mask arithmetic on controlled logits, crops, records; invariants on a
+tiny random model."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+import semsam_ros
 
 from semsam_ros.inference.amg import (
     AutomaticMaskGenerator,
@@ -23,6 +27,7 @@ from semsam_ros.inference.postprocess import (
     rle_to_mask,
     stability_score,
 )
+from semsam_ros.testing import make_tiny_checkpoint
 
 
 class DiscPredictor:
@@ -163,24 +168,6 @@ def test_stability_filter_is_inclusive() -> None:
         r["stability_score"] for r in base if r["stability_score"] >= cut)
 
 
-def test_batch_size_does_not_change_the_result() -> None:
-    reference = generator(DiscPredictor(), points_per_batch=16).generate(image())
-    for batch in (1, 3, 7):
-        assert_same_records(generator(DiscPredictor(), points_per_batch=batch).generate(image()),
-                            [dict(r) for r in reference])
-
-
-def test_level_subset() -> None:
-    full = generator(DiscPredictor(), box_nms_thresh=1.0, min_mask_region_area=0).generate(image())
-    sub = generator(DiscPredictor(), levels=(6, 4), box_nms_thresh=1.0, min_mask_region_area=0).generate(image())
-    assert {r["level"] for r in full} == {4, 5, 6} and {r["level"] for r in sub} == {4, 6}
-    assert_same_records(sub, [r for r in full if r["level"] in (4, 6)])
-    with pytest.raises(ValueError):
-        AutomaticMaskGenerator(DiscPredictor(), levels=(0, 3))
-    with pytest.raises(ValueError):
-        AutomaticMaskGenerator(DiscPredictor(), levels=(3, 3))
-
-
 def test_records_schema_and_segments() -> None:
     gen = generator(DiscPredictor())
     records = gen.generate(image())
@@ -258,3 +245,70 @@ def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
 def test_rejects_bad_images() -> None:
     with pytest.raises(ValueError):
         generator(DiscPredictor()).generate(np.zeros((10, 10), np.uint8))
+
+
+# on the tiny random model --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tmp_path_factory: pytest.TempPathFactory) -> semsam_ros.Predictor:
+    path = make_tiny_checkpoint(Path(tmp_path_factory.mktemp("amg")) / "tiny.pth")
+    return semsam_ros.Predictor(semsam_ros.load_model(path), input_size=64)
+
+
+def noise_image() -> np.ndarray:
+    return (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+
+
+def by_prompt(records: list[dict]) -> dict[tuple, dict]:
+    """Records keyed by (point, level): unique when NMS is off."""
+    keyed = {(tuple(r["point_coords"][0]), r["level"]): r for r in records}
+    assert len(keyed) == len(records)
+    return keyed
+
+
+def tiny_generator(predictor: semsam_ros.Predictor, **kwargs) -> AutomaticMaskGenerator:
+    """Filters loose enough for random weights; no NMS or clean-up, so that every candidate is visible."""
+    options = dict(points_per_side=6, pred_iou_thresh=-0.1, stability_score_thresh=0.0, box_nms_thresh=1.0,
+                   min_mask_region_area=0)
+    options.update(kwargs)
+    return AutomaticMaskGenerator(predictor, **options)
+
+
+def test_tiny_model_batch_size_independence(tiny_predictor: semsam_ros.Predictor) -> None:
+    reference = by_prompt(tiny_generator(tiny_predictor, points_per_batch=64).generate(noise_image()))
+    assert 0 < len(reference) < 36 * 6  # the IoU filter removed some, kept some
+    for batch in (1, 7):
+        got = by_prompt(tiny_generator(tiny_predictor, points_per_batch=batch).generate(noise_image()))
+        assert got.keys() == reference.keys()
+        for key, r in got.items():
+            np.testing.assert_array_equal(r["segmentation"], reference[key]["segmentation"])
+            assert r["predicted_iou"] == pytest.approx(reference[key]["predicted_iou"], abs=1e-5)
+            assert r["stability_score"] == reference[key]["stability_score"] and r["bbox"] == reference[key]["bbox"]
+
+
+def test_tiny_model_level_subset(tiny_predictor: semsam_ros.Predictor) -> None:
+    full = by_prompt(tiny_generator(tiny_predictor).generate(noise_image()))
+    assert {level for _, level in full} == set(range(1, 7))
+    sub = by_prompt(tiny_generator(tiny_predictor, levels=(5, 2)).generate(noise_image()))
+    assert sub.keys() == {key for key in full if key[1] in (2, 5)}
+    for key, r in sub.items():
+        np.testing.assert_array_equal(r["segmentation"], full[key]["segmentation"])
+
+
+def test_tiny_model_records(tiny_predictor: semsam_ros.Predictor) -> None:
+    gen = AutomaticMaskGenerator(tiny_predictor, points_per_side=4, pred_iou_thresh=-0.1, stability_score_thresh=0.0,
+                                 output_mode="coco_rle")
+    records = gen.generate(noise_image())
+    assert records
+    grid = {tuple(p) for p in (build_point_grid(4) * [80, 64]).tolist()}
+    for r in records:
+        mask = rle_to_mask(r["segmentation"])
+        assert mask.shape == (64, 80) and r["area"] == int(mask.sum())
+        ys, xs = np.nonzero(mask)
+        assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+        assert tuple(r["point_coords"][0]) in grid and 1 <= r["level"] <= 6 and r["crop_box"] == [0, 0, 80, 64]
+        assert r["predicted_iou"] > -0.1
+    boxes = torch.tensor([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (r["bbox"] for r in records)])
+    ious = torch.tensor([r["predicted_iou"] for r in records])
+    assert sorted(box_nms(boxes, ious, 0.7).tolist()) == list(range(len(records)))  # nothing left to suppress

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from semsam_ros.config import LEVELS
 from semsam_ros.inference.postprocess import (
-    LEVELS,
     area_from_rle,
     batched_mask_to_box,
     box_nms,

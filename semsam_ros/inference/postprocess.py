@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from semsam_ros.config import LEVELS
 from semsam_ros.inference.segments import Segment, make_segment
 
-LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
