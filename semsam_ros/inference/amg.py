@@ -94,6 +94,16 @@ def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], orig_box: li
     return (near_crop & ~near_image).any(dim=1)
 
 
+def _uncrop_mask(mask: np.ndarray, crop_box: list[int], height: int, width: int) -> np.ndarray:
+    """A crop's mask placed in the HxW image."""
+    if mask.shape == (height, width):
+        return mask
+    x0, y0, x1, y1 = crop_box
+    full = np.zeros((height, width), dtype=bool)
+    full[y0:y1, x0:x1] = mask
+    return full
+
+
 @dataclass
 class _Candidates:
     """Masks that passed the filters so far, one row per mask (boxes XYXY inclusive, image coordinates)."""
@@ -266,23 +276,19 @@ class AutomaticMaskGenerator:
         prompt_of = torch.as_tensor(points, dtype=torch.float64)[keep // len(columns)]
         level_of = torch.tensor(self.levels)[keep % len(columns)]
         orig_h, orig_w = image_shape[:2]
-        x0, y0, x1, y1 = crop_box
+        offset = torch.tensor([crop_box[0], crop_box[1]] * 2)
         parts = []
         for start in range(0, len(keep), _UPSAMPLE_CHUNK):
             chunk = torch.arange(start, min(start + _UPSAMPLE_CHUNK, len(keep)))
             logits = self.predictor.upsample_logits(lowres[keep[chunk].to(lowres.device)])
             stability = stability_score(logits, 0.0, self.stability_score_offset).cpu()
             stable = torch.nonzero(stability >= self.stability_score_thresh).flatten()
-            masks = (logits[stable.to(logits.device)] > 0).cpu()
-            boxes = batched_mask_to_box(masks)
-            near_edge = is_box_near_crop_edge(boxes + torch.tensor([x0, y0, x0, y0]), crop_box,
-                                              [0, 0, orig_w, orig_h])
+            masks = (logits > 0)[stable.to(logits.device)]
+            boxes = batched_mask_to_box(masks).cpu()
+            masks = masks.cpu()
+            near_edge = is_box_near_crop_edge(boxes + offset, crop_box, [0, 0, orig_w, orig_h])
             inside = torch.nonzero(~near_edge).flatten()
-            rles = []
-            for mask in masks[inside].numpy():
-                full = np.zeros((orig_h, orig_w), dtype=bool)
-                full[y0:y1, x0:x1] = mask
-                rles.append(mask_to_rle(full))
+            rles = [mask_to_rle(_uncrop_mask(mask, crop_box, orig_h, orig_w)) for mask in masks[inside].numpy()]
             rows = chunk[stable[inside]]
             parts.append(_Candidates(
                 rles, boxes[inside], ious[keep[rows]], stability[stable[inside]], level_of[rows], prompt_of[rows],

@@ -149,8 +149,8 @@ def postprocess_prompt(
 
 def stability_score(logits: torch.Tensor, thresh: float = 0.0, offset: float = 1.0) -> torch.Tensor:
     """#(logit > thresh + offset) / #(logit > thresh - offset) over the last two axes (float32; NaN for 0/0)."""
-    high = (logits > thresh + offset).sum(dim=(-1, -2))
-    low = (logits > thresh - offset).sum(dim=(-1, -2))
+    high = (logits > thresh + offset).flatten(-2).sum(-1, dtype=torch.int32)
+    low = (logits > thresh - offset).flatten(-2).sum(-1, dtype=torch.int32)
     return high.float() / low.float()
 
 
