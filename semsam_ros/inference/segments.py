@@ -19,7 +19,8 @@ class Segment:
 
     Conventions: ``mask`` is bool HxW at the resolution of the image given to ``Predictor.set_image``;
     ``bbox`` is pixel XYXY with exclusive max (``x1 - x0`` is the pixel width; an empty mask gives all zeros);
-    ``centroid`` is (x, y) in pixels; ``level`` is the granularity 1..6 (coarse to fine).
+    ``centroid`` is (x, y) in pixels; ``level`` is the granularity 1..6 (coarse to fine). ``raw_area`` is the
+    pixel count of the mask before hole/island clean-up when one was applied (-1 otherwise).
     """
 
     mask: np.ndarray
@@ -38,6 +39,7 @@ class Segment:
     top_labels: list[tuple[str, float]] = field(default_factory=list)
     parent_id: int = -1
     child_ids: list[int] = field(default_factory=list)
+    raw_area: int = -1
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
