@@ -21,9 +21,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 # Runs under the system python, where Debian's python3-rosidl lives: parse every file with rosidl_adapter (what
 # rosidl_generate_interfaces runs first) and, when empy is there for its templates, translate to IDL and parse
-# that with rosidl_parser too. Prints {type name: [[field name, field type], ...]} and whether IDL was checked.
+# that with rosidl_parser too. Prints, on its last line, {type name: [[field name, field type], ...]} and whether IDL was checked.
 ROSIDL_SCRIPT = r"""
-import contextlib, json, pathlib, sys, tempfile
+import json, pathlib, sys, tempfile
 from rosidl_adapter.parser import parse_message_file, parse_service_file
 root = pathlib.Path(sys.argv[1])
 fields = {}
@@ -48,8 +48,7 @@ else:
     count = 0
     for sub, convert in (("msg", convert_msg_to_idl), ("srv", convert_srv_to_idl)):
         for path in sorted(root.glob(f"{sub}/*.{sub}")):
-            with contextlib.redirect_stdout(sys.stderr):  # the converters report progress on stdout
-                idl_path = convert(root, "semsam_ros", path.relative_to(root), out / sub)
+            idl_path = convert(root, "semsam_ros", path.relative_to(root), out / sub)
             content = parse_idl_file(IdlLocator(out, idl_path.relative_to(out))).content
             count += len(content.get_elements_of_type(Message)) + len(content.get_elements_of_type(Service))
     idl = count
@@ -68,7 +67,7 @@ def rosidl() -> dict:
         [SYSTEM_PYTHON, "-c", ROSIDL_SCRIPT, str(ROOT)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout.splitlines()[-1])  # the IDL converters print progress lines first
 
 
 def test_interface_files_exist():
