@@ -199,7 +199,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         pred = predictor.predict(points=args.point or None, boxes=args.box or None)
         bar.update()
         columns = [level - 1 for level in args.levels]
-        prompts = [{"id": i, "point": list(p)} for i, p in enumerate(args.point)]
+        prompts: list[dict[str, Any]] = [{"id": i, "point": list(p)} for i, p in enumerate(args.point)]
         prompts += [{"id": len(prompts) + i, "box": list(b)} for i, b in enumerate(args.box)]
         for i, prompt in enumerate(prompts):
             point = tuple(prompt["point"]) if "point" in prompt else None
