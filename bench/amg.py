@@ -42,10 +42,6 @@ class TimedPredictor:
         self.seconds[key] += time.perf_counter() - start
         return result
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.predictor.image_size
-
     def set_image(self, image: np.ndarray) -> None:
         self._timed("encoder", self.predictor.set_image, image)
 

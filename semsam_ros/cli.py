@@ -91,8 +91,15 @@ def read_image(path: str) -> np.ndarray:
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def make_out_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {path}: {exc}") from None
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,11 +195,11 @@ def _run_segment(args: argparse.Namespace) -> int:
         bar.update()
         predictor.set_image(image)
         bar.update()
+        make_out_dir(args.out)
         pred = predictor.predict(points=args.point or None, boxes=args.box or None)
         bar.update()
-        args.out.mkdir(parents=True, exist_ok=True)
         columns = [level - 1 for level in args.levels]
-        prompts = [{"id": i, "point": list(p)} for i, p in enumerate(args.point)]
+        prompts: list[dict[str, Any]] = [{"id": i, "point": list(p)} for i, p in enumerate(args.point)]
         prompts += [{"id": len(prompts) + i, "box": list(b)} for i, b in enumerate(args.box)]
         for i, prompt in enumerate(prompts):
             point = tuple(prompt["point"]) if "point" in prompt else None
@@ -259,8 +266,8 @@ def _run_auto(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    make_out_dir(args.out)
     records = generator.generate(image)
-    args.out.mkdir(parents=True, exist_ok=True)
     segments = [make_segment(rle_to_mask(r["segmentation"]), r["level"], r["predicted_iou"], id=i)
                 for i, r in enumerate(records)]
     Image.fromarray(render_overlay(image, segments, text=False)).save(args.out / "overlay.png")

@@ -269,7 +269,7 @@ def by_prompt(records: list[dict]) -> dict[tuple, dict]:
 
 def tiny_generator(predictor: semsam_ros.Predictor, **kwargs) -> AutomaticMaskGenerator:
     """Filters loose enough for random weights; no NMS or clean-up, so that every candidate is visible."""
-    options = dict(points_per_side=6, pred_iou_thresh=-0.1, stability_score_thresh=0.0, box_nms_thresh=1.0,
+    options = dict(points_per_side=5, pred_iou_thresh=-0.1, stability_score_thresh=0.0, box_nms_thresh=1.0,
                    min_mask_region_area=0)
     options.update(kwargs)
     return AutomaticMaskGenerator(predictor, **options)
@@ -277,8 +277,8 @@ def tiny_generator(predictor: semsam_ros.Predictor, **kwargs) -> AutomaticMaskGe
 
 def test_tiny_model_batch_size_independence(tiny_predictor: semsam_ros.Predictor) -> None:
     reference = by_prompt(tiny_generator(tiny_predictor, points_per_batch=64).generate(noise_image()))
-    assert 0 < len(reference) < 36 * 6  # the IoU filter removed some, kept some
-    for batch in (1, 7):
+    assert 0 < len(reference) < 25 * 6  # the IoU filter removed some, kept some
+    for batch in (2, 7):
         got = by_prompt(tiny_generator(tiny_predictor, points_per_batch=batch).generate(noise_image()))
         assert got.keys() == reference.keys()
         for key, r in got.items():

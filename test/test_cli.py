@@ -137,6 +137,7 @@ def test_info_and_convert(files: dict[str, Path], tmp_path: Path, capsys: pytest
     (["segment", "{image}", "--point", "1,1", "--device", "tpu9"], 1, "bad --device"),
     (["segment", "{image}", "--point", "1,1", "--input-size", "8"], 1, "--input-size must be at least 32"),
     (["auto", "{image}", "--points-per-side", "0"], 1, "points_per_side"),
+    (["segment", "{image}", "--point", "1,1", "--out", "{image}"], 1, "cannot create the output folder"),
     (["info", "{junk}"], 1, "not a readable PyTorch checkpoint"),
     (["convert", "{ckpt}", "{root}/out.pth"], 1, "must be a .safetensors file"),
     (["convert", "{junk}", "{root}/out.safetensors"], 1, "not a readable PyTorch checkpoint"),
@@ -150,7 +151,8 @@ def test_user_mistakes_are_one_line_errors(files: dict[str, Path], tmp_path: Pat
     if argv[0] in ("segment", "auto") and "--checkpoint" not in argv:
         argv += ["--checkpoint", str(files["ckpt"])]
     if argv[0] in ("segment", "auto"):
-        argv += ["--out", str(tmp_path / "out"), "-q"] + ([] if "--input-size" in argv else ["--input-size", "64"])
+        argv += ["-q"] + ([] if "--out" in argv else ["--out", str(tmp_path / "out")])
+        argv += [] if "--input-size" in argv else ["--input-size", "64"]
     got, stdout, err = run(capsys, *argv)
     assert got == status and stdout == ""
     assert err.startswith("semsam: error: ") and err.count("\n") == 1 and message in err, err

@@ -38,8 +38,6 @@ _CROP_EDGE_ATOL = 20.0
 class LowresPredictor(Protocol):
     """What the generator needs from ``semsam_ros.Predictor``."""
 
-    image_size: tuple[int, int]
-
     def set_image(self, image: np.ndarray) -> None: ...
 
     def predict_lowres(
