@@ -17,6 +17,7 @@ setup(
         ("share/semsam_ros/msg", sorted(glob("msg/*.msg"))),
         ("share/semsam_ros/srv", sorted(glob("srv/*.srv"))),
         ("share/semsam_ros/config", sorted(glob("config/*"))),
+        ("share/semsam_ros/models", sorted(glob("models/*.yaml"))),
     ],
     install_requires=[
         "torch>=2.8",
