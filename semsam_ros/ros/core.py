@@ -289,7 +289,7 @@ class NodeCore:
         self._next_auto = float("-inf")
         self._errors_reported = 0
         self.counters = dict.fromkeys(
-            ("frames_received", "frames_dropped", "frames_processed", "prompts_received", "prompts_answered",
+            ("frames_received", "frames_dropped", "frames_encoded", "results", "prompts_received", "prompts_answered",
              "prompts_rejected"), 0)
 
     # --- called from subscription callbacks -------------------------------------------------------------------
@@ -401,7 +401,6 @@ class NodeCore:
             output = self._run(target, prompts, auto[0])
             if output is not None:
                 outputs.append(output)
-                self.counters["frames_processed"] += int(target is frame)
         return outputs
 
     def stats(self) -> dict[str, Any]:
@@ -529,6 +528,7 @@ class NodeCore:
             encode_start = time.perf_counter()
             frame.embedding = self.predictor.encode(frame.rgb)
             encode_ms = (time.perf_counter() - encode_start) * 1000.0
+            self.counters["frames_encoded"] += 1
         self.predictor.set_embedding(frame.embedding)
 
         decode_start = time.perf_counter()
@@ -575,6 +575,7 @@ class NodeCore:
             total_ms=(time.perf_counter() - start) * 1000.0,
         )
         self.counters["prompts_answered"] += len(valid)
+        self.counters["results"] += 1
         self.rate.add(message.total_ms)
         return Output(frame, segments, message, results3d, valid)
 

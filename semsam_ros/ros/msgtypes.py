@@ -39,8 +39,11 @@ class MessageTypes:
     def get(self, name: str) -> type:
         return self._resolve(name)
 
-    def make(self, name: str, **fields: Any) -> Any:
-        """Instance of message ``name``; pass every field (rosbags classes have no defaults)."""
+    def make(self, name: str, /, **fields: Any) -> Any:
+        """Instance of message ``name``; pass every field (rosbags classes have no defaults).
+
+        ``name`` is positional-only, so a message may have a field called ``name`` (sensor_msgs/PointField).
+        """
         return self._resolve(name)(**fields)
 
     def byte_array(self, data: np.ndarray | bytes) -> Any:
