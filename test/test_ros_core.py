@@ -113,6 +113,12 @@ def test_default_params_are_valid_and_mirrored_in_config():
     assert marked == RUNTIME_PARAMS
 
 
+def test_every_param_is_documented():
+    text = (ROOT / "docs/ros.md").read_text()
+    for f in dataclasses.fields(NodeParams):
+        assert f"| `{f.name}` |" in text, f.name
+
+
 @pytest.mark.parametrize(
     "name, value",
     [("device", "gpu"), ("backend", "onnx"), ("mode", "sometimes"), ("auto_rate_hz", 0.0), ("auto_levels", [0, 3]),
