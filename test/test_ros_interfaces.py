@@ -21,8 +21,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 # Runs under the system python, where Debian's python3-rosidl lives: parse every file with rosidl_adapter (what
 # rosidl_generate_interfaces runs first) and, when empy is there for its templates, translate to IDL and parse
-# that with rosidl_parser too. Prints, as its last line, {type name: [[field name, field type], ...]} and the
-# number of IDL files parsed (or why IDL was not checked).
+# that with rosidl_parser too. Prints, on its last line, {type name: [[field name, field type], ...]} and whether IDL was checked.
 ROSIDL_SCRIPT = r"""
 import json, pathlib, sys, tempfile
 from rosidl_adapter.parser import parse_message_file, parse_service_file
@@ -68,7 +67,7 @@ def rosidl() -> dict:
         [SYSTEM_PYTHON, "-c", ROSIDL_SCRIPT, str(ROOT)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])  # the adapter prints progress lines before
+    return json.loads(done.stdout.splitlines()[-1])  # the IDL converters print progress lines first
 
 
 def test_interface_files_exist():
