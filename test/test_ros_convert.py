@@ -127,6 +127,11 @@ def test_rclpy_like_messages():
     np.testing.assert_array_equal(back[0].mask, sample_segments()[0].mask)
 
 
+def test_message_with_a_name_field(store, types):
+    field = cdr(store, types.make("sensor_msgs/msg/PointField", name="x", offset=0, datatype=7, count=1))
+    assert (field.name, field.datatype) == ("x", 7)
+
+
 def test_shape_and_count_mismatches(types):
     header = make_header(types, 0, "")
     with pytest.raises(ValueError, match="differs from the image"):

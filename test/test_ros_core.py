@@ -113,6 +113,12 @@ def test_default_params_are_valid_and_mirrored_in_config():
     assert marked == RUNTIME_PARAMS
 
 
+def test_every_param_is_documented():
+    text = (ROOT / "docs/ros.md").read_text()
+    for f in dataclasses.fields(NodeParams):
+        assert f"| `{f.name}` |" in text, f.name
+
+
 @pytest.mark.parametrize(
     "name, value",
     [("device", "gpu"), ("backend", "onnx"), ("mode", "sometimes"), ("auto_rate_hz", 0.0), ("auto_levels", [0, 3]),
@@ -258,7 +264,8 @@ def test_sticky_prompts_follow_the_newest_frame_and_drops_are_counted(types, log
     assert stamp_to_ns(out.message.header.stamp) == 4 * SEC and [s.prompt_id for s in out.segments] == [3]
     stats = core.stats()
     assert stats["frames_dropped"] == 2 and stats["frames_received"] == 4 and stats["sticky_prompts"] == 1
-    assert len(predictor.encoded) == 2  # frames 2 and 3 were never decoded nor encoded
+    assert len(predictor.encoded) == stats["frames_encoded"] == 2  # frames 2 and 3 were never decoded nor encoded
+    assert stats["results"] == 2
     core.submit_prompt(PromptRequest(prompt_id=3))  # no point, box or text: removes the sticky prompt
     core.submit_frame(frame(types, 5 * SEC))
     assert core.step() == [] and core.sticky_prompts() == []

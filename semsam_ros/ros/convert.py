@@ -69,7 +69,7 @@ def _vector(types: MessageTypes, name: str, values: Sequence[float], keys: str) 
 
 def _segment_msg(types: MessageTypes, seg: Segment, header: Any, result3d: Segment3D | None) -> Any:
     x0, y0, x1, y1 = (int(v) for v in seg.bbox)
-    crop = np.where(seg.mask[y0:y1, x0:x1], np.uint8(255), np.uint8(0))
+    crop = np.asarray(seg.mask[y0:y1, x0:x1], dtype=bool).view(np.uint8) * np.uint8(255)
     has_3d = result3d is not None and bool(result3d.valid)
     pose = types.make(
         "geometry_msgs/msg/Pose",

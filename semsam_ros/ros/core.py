@@ -209,23 +209,27 @@ class ErrorLog:
 
 
 class RateMeter:
-    """Outputs per second and mean latency over a sliding window."""
+    """Outputs per second and mean latency over a sliding window (the worker adds, diagnostics read)."""
 
     def __init__(self, clock: Callable[[], float], window_s: float = 5.0) -> None:
         self._clock, self._window = clock, window_s
         self._events: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
 
     def add(self, latency_ms: float) -> None:
-        self._events.append((self._clock(), latency_ms))
+        with self._lock:
+            self._events.append((self._clock(), latency_ms))
 
     def summary(self) -> tuple[float, float]:
         """(rate in Hz, mean latency in ms) of the last window; zeros when empty."""
         now = self._clock()
-        while self._events and now - self._events[0][0] > self._window:
-            self._events.popleft()
-        if not self._events:
+        with self._lock:
+            while self._events and now - self._events[0][0] > self._window:
+                self._events.popleft()
+            latencies = [lat for _, lat in self._events]
+        if not latencies:
             return 0.0, 0.0
-        return len(self._events) / self._window, float(np.mean([lat for _, lat in self._events]))
+        return len(latencies) / self._window, float(np.mean(latencies))
 
 
 class _FramePredictor:
@@ -249,6 +253,13 @@ class _Job:
     prompts: list[PromptRequest]
     frame: Frame | None = None  # a service request with its own image
     future: Future | None = None  # a service request waiting for its SegmentArray
+
+
+@dataclass
+class _Work:
+    frame: Frame
+    prompts: list[PromptRequest] = field(default_factory=list)
+    auto: bool = False
 
 
 class PromptError(ValueError):
@@ -289,7 +300,7 @@ class NodeCore:
         self._next_auto = float("-inf")
         self._errors_reported = 0
         self.counters = dict.fromkeys(
-            ("frames_received", "frames_dropped", "frames_processed", "prompts_received", "prompts_answered",
+            ("frames_received", "frames_dropped", "frames_encoded", "results", "prompts_received", "prompts_answered",
              "prompts_rejected"), 0)
 
     # --- called from subscription callbacks -------------------------------------------------------------------
@@ -377,7 +388,7 @@ class NodeCore:
             jobs, self._jobs = self._jobs, []
             frame, self._slot = self._slot, None
             sticky = list(self._sticky.values())
-        work: dict[int, tuple[Frame, list[PromptRequest], list[bool]]] = {}
+        work: dict[int, _Work] = {}  # by id(frame): one SegmentArray per frame
         for job in jobs:
             if job.future is not None:
                 self._serve(job)
@@ -388,20 +399,19 @@ class NodeCore:
                 except PromptError as exc:
                     self._report("prompt", exc)
                     continue
-                work.setdefault(id(target), (target, [], [False]))[1].append(prompt)
+                work.setdefault(id(target), _Work(target)).prompts.append(prompt)
         if frame is not None:
-            target, prompts, auto = work.setdefault(id(frame), (frame, [], [False]))
-            prompts.extend(p for p in sticky if all(p is not q for q in prompts))
+            item = work.setdefault(id(frame), _Work(frame))
+            item.prompts.extend(p for p in sticky if all(p is not q for q in item.prompts))
             with self._lock:
-                auto[0] = self._auto_due()
-                if auto[0]:
+                item.auto = self._auto_due()
+                if item.auto:
                     self._next_auto = self._clock() + 1.0 / self.params.auto_rate_hz
         outputs = []
-        for target, prompts, auto in work.values():
-            output = self._run(target, prompts, auto[0])
+        for item in work.values():
+            output = self._run(item.frame, item.prompts, item.auto)
             if output is not None:
                 outputs.append(output)
-                self.counters["frames_processed"] += int(target is frame)
         return outputs
 
     def stats(self) -> dict[str, Any]:
@@ -529,6 +539,7 @@ class NodeCore:
             encode_start = time.perf_counter()
             frame.embedding = self.predictor.encode(frame.rgb)
             encode_ms = (time.perf_counter() - encode_start) * 1000.0
+            self.counters["frames_encoded"] += 1
         self.predictor.set_embedding(frame.embedding)
 
         decode_start = time.perf_counter()
@@ -575,6 +586,7 @@ class NodeCore:
             total_ms=(time.perf_counter() - start) * 1000.0,
         )
         self.counters["prompts_answered"] += len(valid)
+        self.counters["results"] += 1
         self.rate.add(message.total_ms)
         return Output(frame, segments, message, results3d, valid)
 

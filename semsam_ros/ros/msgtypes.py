@@ -39,16 +39,22 @@ class MessageTypes:
     def get(self, name: str) -> type:
         return self._resolve(name)
 
-    def make(self, name: str, **fields: Any) -> Any:
-        """Instance of message ``name``; pass every field (rosbags classes have no defaults)."""
+    def make(self, name: str, /, **fields: Any) -> Any:
+        """Instance of message ``name``; pass every field (rosbags classes have no defaults).
+
+        ``name`` is positional-only, so a message may have a field called ``name`` (sensor_msgs/PointField).
+        """
         return self._resolve(name)(**fields)
 
     def byte_array(self, data: np.ndarray | bytes) -> Any:
-        """A ``uint8[]`` field value: numpy for rosbags, ``array.array('B')`` for rclpy."""
-        raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+        """A ``uint8[]`` field value (one copy of ``data``'s bytes): numpy for rosbags, ``array.array('B')`` for
+        rclpy."""
+        flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else data
         if self.flavor == "rosbags":
-            return np.frombuffer(raw, dtype=np.uint8).copy()
-        return array.array("B", raw)
+            return np.frombuffer(flat, dtype=np.uint8).copy()
+        out = array.array("B")
+        out.frombytes(flat)
+        return out
 
     def float_array(self, values: Any, dtype: str = "float64") -> Any:
         """A ``float64[]``/``float32[]`` field value (numpy for rosbags, list for rclpy)."""

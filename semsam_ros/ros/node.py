@@ -1,0 +1,403 @@
+"""The semsam_ros lifecycle node: ROS topics, services, parameters and diagnostics around ``NodeCore``.
+
+The only module of the package that imports rclpy (nothing imports it but the node script and launch files).
+Transitions: configure loads the weights and warms up (a checkpoint that does not load fails it with the
+reason), activate subscribes and starts the worker, deactivate stops both and frees GPU memory, cleanup drops the
+model. ``autostart`` (default true) configures and activates at start.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, PointStamped
+from message_filters import ApproximateTimeSynchronizer, Subscriber
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+from tf2_ros import Buffer, TransformException, TransformListener
+from visualization_msgs.msg import MarkerArray
+
+from semsam_ros.geometry import CameraModel, project_point, segments_cloud
+from semsam_ros.inference.render import render_overlay
+from semsam_ros.msg import Prompt, SegmentArray
+from semsam_ros.ros.cloud import cloud_message
+from semsam_ros.ros.convert import (
+    PromptRequest,
+    label_array,
+    label_info,
+    prompt_from_msg,
+    segments_to_detections,
+    stamp_to_ns,
+    transform_point,
+)
+from semsam_ros.ros.core import RUNTIME_PARAMS, NodeCore, NodeParams, Output
+from semsam_ros.ros.images import label_image, rgb_to_image
+from semsam_ros.ros.markers import marker_array
+from semsam_ros.ros.msgtypes import MessageTypes
+from semsam_ros.ros.pipeline import build_hooks, load_predictor
+from semsam_ros.srv import Segment as SegmentService
+
+try:  # optional: the Detection2DArray mirror and LabelInfo are published only when vision_msgs is installed
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+except ImportError:
+    Detection2DArray = LabelInfo = None
+
+CLICK_PROMPT_ID = 1000  # Segment.prompt_id of masks prompted by clicks (RViz /clicked_point, rqt_image_view)
+SERVICE_TIMEOUT_S = 30.0
+TF_TIMEOUT_S = 0.2
+WORKER_POLL_S = 0.1
+
+
+class SemsamNode(LifecycleNode):
+    """Semantic-SAM segmentation of a camera stream, prompted by topics, services and clicks."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("semsam", **kwargs)
+        for f in fields(NodeParams):
+            self.declare_parameter(f.name, getattr(NodeParams(), f.name),
+                                   ParameterDescriptor(description=f.metadata["doc"]))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._types = MessageTypes.from_rclpy()
+        self._inputs = MutuallyExclusiveCallbackGroup()
+        self._reentrant = ReentrantCallbackGroup()  # services and clicks wait (on the worker, on TF)
+        self._core: NodeCore | None = None
+        self._labeller: Any = None
+        self._hardware_id = ""
+        self._outputs: dict[str, Any] = {}
+        self._service_handles: list[Any] = []
+        self._input_subs: list[Any] = []
+        self._sync: ApproximateTimeSynchronizer | None = None
+        self._camera_info: CameraInfo | None = None
+        self._tf_buffer: Buffer | None = None
+        self._tf_listener: TransformListener | None = None
+        self._diagnostics_timer: Any = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._active = False
+
+    # --- parameters -------------------------------------------------------------------------------------------
+
+    def _params(self, overrides: dict[str, Any] | None = None) -> NodeParams:
+        values = {f.name: _plain(self.get_parameter(f.name).value) for f in fields(NodeParams)}
+        values.update(overrides or {})
+        return NodeParams.from_dict(values)
+
+    def _on_set_parameters(self, changes: list[Any]) -> SetParametersResult:
+        names = {f.name for f in fields(NodeParams)}
+        ours = {p.name: _plain(p.value) for p in changes if p.name in names}
+        try:
+            candidate = self._params(ours)
+        except (TypeError, ValueError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        reasons = candidate.validate()
+        if reasons:
+            return SetParametersResult(successful=False, reason="; ".join(reasons))
+        if self._core is not None:
+            self._core.update_params(candidate)
+            later = sorted(set(ours) - RUNTIME_PARAMS)
+            if later:
+                self.get_logger().info(f"{', '.join(later)} will apply at the next configure/activate")
+        return SetParametersResult(successful=True)
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        params = self._params()
+        reasons = params.validate()
+        if reasons:
+            self.get_logger().error(f"configure failed: {'; '.join(reasons)}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            predictor, model_id = load_predictor(params)
+            hooks, self._labeller = build_hooks(params, str(predictor.device), lambda: self._wanted("points"))
+        except Exception as exc:  # noqa: BLE001  (any load failure fails the transition with its reason)
+            self.get_logger().error(f"configure failed: cannot load {params.checkpoint!r}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._core = NodeCore(params, predictor, self._types, hooks, model_id=model_id,
+                              log=self.get_logger().warning)
+        self._hardware_id = f"{params.backend}/{params.precision} on {predictor.device}"
+        self._create_outputs()
+        self._tf_buffer = Buffer()
+        self._tf_listener = TransformListener(self._tf_buffer, self)
+        self.get_logger().info(f"configured: {model_id} ({self._hardware_id}), mode {params.mode}")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._subscribe(self._params())
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="semsam_worker", daemon=True)
+        self._worker.start()
+        self._active = True
+        result = super().on_activate(state)
+        if "label_info" in self._outputs:  # latched; lifecycle publishers publish only once active
+            self._publish_label_info()
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cleanup()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def teardown(self) -> None:
+        """Stop everything and drop the model, whatever the state (shutdown, error, process exit)."""
+        self._deactivate()
+        self._cleanup()
+
+    def _deactivate(self) -> None:
+        self._active = False
+        for sub in self._input_subs:
+            self.destroy_subscription(sub)
+        self._input_subs, self._sync = [], None
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        if self._core is not None:
+            self._core.release()
+        _free_gpu_memory()
+
+    def _cleanup(self) -> None:
+        for name, pub in self._outputs.items():
+            if name == "diagnostics":
+                self.destroy_publisher(pub)
+            else:
+                self.destroy_lifecycle_publisher(pub)
+        self._outputs = {}
+        for service in self._service_handles:
+            self.destroy_service(service)
+        self._service_handles = []
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        if self._tf_listener is not None:
+            self._tf_listener.unregister()
+            self._tf_listener = self._tf_buffer = None
+        self._core = self._labeller = None
+        gc.collect()
+        _free_gpu_memory()
+
+    # --- wiring -----------------------------------------------------------------------------------------------
+
+    def _create_outputs(self) -> None:
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        outputs = {"segments": SegmentArray, "overlay": Image, "label_image": Image, "markers": MarkerArray,
+                   "points": PointCloud2}
+        self._outputs = {name: self.create_lifecycle_publisher(cls, f"~/{name}", reliable)
+                      for name, cls in outputs.items()}
+        if Detection2DArray is not None:
+            self._outputs["detections"] = self.create_lifecycle_publisher(Detection2DArray, "~/detections", reliable)
+            self._outputs["label_info"] = self.create_lifecycle_publisher(LabelInfo, "~/label_info", latched)
+        self._outputs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self._service_handles = [
+            self.create_service(SegmentService, "~/segment", self._on_segment, callback_group=self._reentrant),
+            self.create_service(Trigger, "~/clear_prompts", self._on_clear_prompts, callback_group=self._inputs),
+        ]
+        self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._inputs)
+
+    def _subscribe(self, params: NodeParams) -> None:
+        sensor = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=params.input_depth,
+            reliability=ReliabilityPolicy.BEST_EFFORT if params.input_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
+        )
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        image_type, image_topic = (
+            (CompressedImage, "image/compressed") if params.image_transport == "compressed" else (Image, "image")
+        )
+        if params.use_depth:
+            filters = [Subscriber(self, image_type, image_topic, qos_profile=sensor, callback_group=self._inputs),
+                       Subscriber(self, Image, "depth", qos_profile=sensor, callback_group=self._inputs),
+                       Subscriber(self, CameraInfo, "camera_info", qos_profile=sensor, callback_group=self._inputs)]
+            self._sync = ApproximateTimeSynchronizer(filters, queue_size=10, slop=params.sync_slop)
+            self._sync.registerCallback(self._on_synced)
+            self._input_subs = [f.sub for f in filters]
+        else:
+            self._input_subs = [
+                self.create_subscription(image_type, image_topic, self._on_image, sensor, callback_group=self._inputs),
+                self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor,
+                                         callback_group=self._inputs),
+            ]
+        self._input_subs += [
+            self.create_subscription(Prompt, "prompt", self._on_prompt, reliable, callback_group=self._inputs),
+            self.create_subscription(PointStamped, "/clicked_point", self._on_clicked_point, reliable,
+                                     callback_group=self._reentrant),
+            self.create_subscription(Point, self.resolve_topic_name("image") + "_mouse_left", self._on_mouse_click,
+                                     reliable, callback_group=self._inputs),
+        ]
+
+    # --- inputs -----------------------------------------------------------------------------------------------
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self._core.submit_frame(msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_synced(self, image: Image | CompressedImage, depth: Image, info: CameraInfo) -> None:
+        self._camera_info = info
+        self._core.submit_frame(image, depth, info)
+
+    def _on_prompt(self, msg: Prompt) -> None:
+        try:
+            self._core.submit_prompt(prompt_from_msg(msg))
+        except ValueError as exc:
+            self._core.errors.report("prompt/invalid", f"prompt ignored: {exc}")
+
+    def _on_mouse_click(self, msg: Point) -> None:
+        self._core.submit_prompt(PromptRequest(prompt_id=CLICK_PROMPT_ID, points=np.array([[msg.x, msg.y]])))
+
+    def _on_clicked_point(self, msg: PointStamped) -> None:
+        """An RViz click: TF to the camera frame at its stamp, projected with the camera's K."""
+        info = self._camera_info
+        if info is None:
+            self._core.errors.report("click/no_camera_info", "clicked point ignored: no camera_info received yet")
+            return
+        try:
+            transform = self._tf_buffer.lookup_transform(
+                info.header.frame_id, msg.header.frame_id, Time.from_msg(msg.header.stamp),
+                timeout=Duration(seconds=TF_TIMEOUT_S),
+            )
+            point = transform_point(transform.transform, (msg.point.x, msg.point.y, msg.point.z))
+            u, v = project_point(point, CameraModel.from_camera_info(info))
+        except (TransformException, ValueError) as exc:
+            self._core.errors.report(f"click/{type(exc).__name__}", f"clicked point ignored: {exc}")
+            return
+        self._core.submit_prompt(PromptRequest(
+            prompt_id=CLICK_PROMPT_ID, points=np.array([[u, v]]), stamp_ns=stamp_to_ns(msg.header.stamp),
+            frame_id=info.header.frame_id,
+        ))
+
+    def _on_segment(self, request: Any, response: Any) -> Any:
+        if not self._active:
+            response.success, response.message = False, "the node is not active"
+            return response
+        try:
+            prompt = prompt_from_msg(request.prompt)
+            image = request.image if request.image.width and request.image.height else None
+            response.result = self._core.request(prompt, image).result(timeout=SERVICE_TIMEOUT_S)
+            response.success = True
+        except FutureTimeout:
+            response.success, response.message = False, f"no result within {SERVICE_TIMEOUT_S} s"
+        except Exception as exc:  # noqa: BLE001  (bad prompt or image, inference failure: told to the caller)
+            response.success, response.message = False, f"{type(exc).__name__}: {exc}"
+        return response
+
+    def _on_clear_prompts(self, request: Any, response: Any) -> Any:
+        count = self._core.clear_prompts()
+        response.success, response.message = True, f"cleared {count} sticky prompt(s)"
+        return response
+
+    # --- outputs ----------------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            if not self._core.wait_for_work(WORKER_POLL_S):
+                continue
+            for output in self._core.step():
+                try:
+                    self._publish(output)
+                except Exception as exc:  # noqa: BLE001  (a rendering failure must not stop the worker)
+                    self._core.errors.report(f"publish/{type(exc).__name__}", f"publishing failed: {exc}")
+
+    def _wanted(self, name: str) -> bool:
+        """Whether output ``name`` exists and someone subscribes to it (optional outputs are built only then)."""
+        pub = self._outputs.get(name)
+        return pub is not None and pub.get_subscription_count() > 0
+
+    def _publish(self, out: Output) -> None:
+        params, header, types = self._core.params, out.message.header, self._types
+        self._outputs["segments"].publish(out.message)
+        if self._wanted("overlay"):
+            points = [xy for p in out.prompts for xy in p.points]
+            boxes = [box for p in out.prompts for box in p.boxes]
+            overlay = render_overlay(out.frame.rgb, out.segments, points=points, boxes=boxes,
+                                     alpha=params.overlay_alpha)
+            self._outputs["overlay"].publish(rgb_to_image(types, overlay, header))
+        if self._wanted("label_image"):
+            labels = label_array(out.segments, out.frame.rgb.shape[:2], params.label_image_level)
+            self._outputs["label_image"].publish(label_image(types, labels, header))
+        if out.results3d is not None and self._wanted("markers"):
+            self._outputs["markers"].publish(marker_array(types, header, out.segments, out.results3d))
+        if out.results3d is not None and self._wanted("points"):
+            self._outputs["points"].publish(cloud_message(types, header, segments_cloud(out.segments, out.results3d)))
+        if self._wanted("detections"):
+            self._outputs["detections"].publish(segments_to_detections(types, out.segments, header, out.results3d))
+
+    def _publish_label_info(self) -> None:
+        names = ["unknown"]
+        if self._labeller is not None:
+            names += list(self._labeller.vocabulary.objects) + list(self._labeller.vocabulary.parts)
+        threshold = self._labeller.min_score if self._labeller is not None else 0.0
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id="")
+        self._outputs["label_info"].publish(label_info(self._types, header, names, threshold))
+
+    def _publish_diagnostics(self) -> None:
+        if self._core is None:
+            return
+        level, summary, values = self._core.diagnostics()
+        values.update(backend=self._hardware_id, state="active" if self._active else "inactive")
+        status = DiagnosticStatus(
+            level=bytes([level]), name=f"{self.get_name()}: segmentation", message=summary,
+            hardware_id=self._hardware_id, values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id="")
+        self._outputs["diagnostics"].publish(DiagnosticArray(header=header, status=[status]))
+
+
+def _plain(value: Any) -> Any:
+    """A parameter value as NodeParams holds it (arrays as lists)."""
+    return list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
+
+
+def _free_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``ros2 run semsam_ros semsam_node``."""
+    rclpy.init(args=args)
+    node = SemsamNode()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.teardown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+

@@ -1,0 +1,75 @@
+"""The node's real pipeline (tiny random checkpoint, post-processing, part-of links, 3D) through NodeCore,
+checked against the Python API. No ROS needed: messages are rosbags types."""
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags")
+pytest.importorskip("torch")
+for _module in ("semsam_ros.testing", "semsam_ros.inference.postprocess", "semsam_ros.inference.amg",
+                "semsam_ros.geometry.mask3d", "semsam_ros.semantics.hierarchy"):
+    pytest.importorskip(_module, reason=f"{_module} is not in this checkout yet")
+
+from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt  # noqa: E402
+from semsam_ros.ros.convert import PromptRequest, make_header, msg_to_segments  # noqa: E402
+from semsam_ros.ros.core import NodeCore, NodeParams  # noqa: E402
+from semsam_ros.ros.images import array_to_image, rgb_to_image  # noqa: E402
+from semsam_ros.ros.pipeline import build_hooks, load_predictor  # noqa: E402
+from semsam_ros.ros.typestore import message_types  # noqa: E402
+from semsam_ros.testing import make_tiny_checkpoint  # noqa: E402
+
+H, W = 96, 128
+POINT = (70.0, 40.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+def image() -> np.ndarray:
+    ys, xs = np.mgrid[:H, :W]
+    return np.dstack([xs * 2, ys * 2, ((xs // 16 + ys // 16) % 2) * 255]).astype(np.uint8)
+
+
+def test_load_failures_name_the_reason(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint given"):
+        load_predictor(NodeParams())
+    with pytest.raises(ValueError, match="backend 'tensorrt'"):
+        load_predictor(NodeParams(checkpoint="x.pth", backend="tensorrt"))
+    with pytest.raises(Exception, match="missing.pth"):
+        load_predictor(NodeParams(checkpoint=str(tmp_path / "missing.pth"), device="cpu"))
+
+
+def test_prompt_through_the_node_pipeline_matches_the_python_api(checkpoint):
+    params = NodeParams(checkpoint=str(checkpoint), device="cpu", input_size=H, min_region_area=0)
+    predictor, model_id = load_predictor(params)
+    hooks, labeller = build_hooks(params, "cpu")
+    assert labeller is None and re.fullmatch(r"\w+-[0-9a-f]{12}", model_id)
+    types = message_types()
+    core = NodeCore(params, predictor, types, hooks, model_id=model_id, log=print)
+    header = make_header(types, 5_000_000_123, "cam")
+    depth = array_to_image(types, np.full((H, W), 1200, np.uint16), "16UC1", header)
+    info = SimpleNamespace(k=[100.0, 0, W / 2, 0, 100.0, H / 2, 0, 0, 1], d=[], distortion_model="plumb_bob",
+                           width=W, height=H)
+    core.submit_frame(rgb_to_image(types, image(), header), depth, info)
+    core.submit_prompt(PromptRequest(prompt_id=7, points=np.array([POINT])))
+    (out,) = core.step()
+    assert core.errors.counts == {}
+
+    predictor.set_image(image())  # the Python API, on the same model
+    pred = predictor.predict(points=np.array([POINT]))
+    thresholds = PostprocessParams(hole_area=0, island_area=0)
+    expected = postprocess_prompt(pred.mask_logits[0], pred.iou_scores[0], thresholds, prompt_id=7, point=POINT)
+    got = msg_to_segments(out.message)
+    assert [s.level for s in got] == [s.level for s in expected]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.prompt_id == 7 and a.iou_score == pytest.approx(b.iou_score)
+    assert [s.id for s in got] == list(range(len(got)))
+    for seg in out.message.segments:  # flat depth 1.2 m in front of the camera
+        assert seg.has_3d and seg.pose.position.z == pytest.approx(1.2, abs=0.01)
