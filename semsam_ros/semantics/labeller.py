@@ -102,7 +102,7 @@ def crop_region(
     fill = fill.view(3, 1, 1)
     canvas = fill.expand(3, side, side).clone()
     region = image[:, iy0:iy1, ix0:ix1]
-    inside = torch.from_numpy(np.ascontiguousarray(mask[iy0:iy1, ix0:ix1])).to(image.device)
+    inside = torch.tensor(mask[iy0:iy1, ix0:ix1], device=image.device)
     canvas[:, iy0 - sy : iy1 - sy, ix0 - sx : ix1 - sx] = torch.where(
         inside, region, context * region + (1.0 - context) * fill
     )
@@ -146,7 +146,8 @@ class RegionLabeller:
     softmax probability as ``label_score`` and the ``top_k`` hypotheses; when that probability is below
     ``min_score`` the label is ``"unknown"`` (``label_score`` and ``top_labels`` still tell the best guesses).
     The kind follows the level either way. Crops: square, ``margin`` of the box added on each side, pixels
-    outside the mask grey (``context`` of the original kept), ``batch_size`` crops per forward pass.
+    outside the mask grey (``context`` of the original kept), ``batch_size`` crops per forward pass. Text
+    embeddings are cached by content, ``text_cache_size`` sets (one per vocabulary list and parent object).
     """
 
     def __init__(
@@ -162,7 +163,7 @@ class RegionLabeller:
         context: float = 0.0,
         min_score: float = 0.3,
         top_k: int = 5,
-        text_cache_size: int = 64,
+        text_cache_size: int = 256,
     ) -> None:
         if batch_size < 1 or top_k < 1 or text_cache_size < 1:
             raise ValueError("batch_size, top_k and text_cache_size must be >= 1")
@@ -186,7 +187,9 @@ class RegionLabeller:
                 "or copy a folder saved with save_pretrained), or pass allow_download=True."
             ) from e
         self.device = torch.device(device)
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        if dtype is None:
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype
         self.model = clip.to(self.device, self.dtype).eval()
         self.model_id = str(Path(source).resolve()) if Path(source).is_dir() else source
         pre = _preprocessor_config(source, hf_cache, allow_download)
@@ -297,7 +300,7 @@ class RegionLabeller:
         out = np.zeros((len(segments), dim), dtype=np.float32)
         rows = [i for i, s in enumerate(segments) if s.area > 0]
         if rows:
-            pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float().div_(255.0)
+            pixels = torch.tensor(image, device=self.device).permute(2, 0, 1).float().div_(255.0)
             fill = self._mean.view(3)
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]

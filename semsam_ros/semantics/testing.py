@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -22,10 +23,13 @@ def _byte_chars() -> list[str]:
     return [table[b] for b in range(256)]
 
 
-def make_tiny_clip(directory: str | os.PathLike, seed: int = 0, image_size: int = 32) -> Path:
-    """Save a randomly initialised CLIPModel (2 layers, width 32) and its tokenizer files to ``directory``.
+def make_tiny_clip(directory: str | os.PathLike, seed: int = 0, size: Literal["tiny", "base"] = "tiny") -> Path:
+    """Save a randomly initialised CLIPModel and its tokenizer files to ``directory``; returns it.
 
-    The tokenizer has no merges: every character is one token, so any text tokenizes offline.
+    ``size="tiny"``: 2-layer towers of width 32, 32 px images, 8 px patches (tests). ``"base"``: the
+    ViT-B/32 architecture of openai/clip-vit-base-patch32 (224 px, 12 + 12 layers), random weights, for
+    realistic timings without a download. The tokenizer has no merges: every character is one token, so any
+    text tokenizes offline (sequences are longer than with CLIP's real BPE).
     """
     transformers = _require_transformers()
     path = Path(directory)
@@ -37,13 +41,18 @@ def make_tiny_clip(directory: str | os.PathLike, seed: int = 0, image_size: int 
             vocab[c + suffix] = len(vocab)
     (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    config = transformers.CLIPConfig(
-        text_config=dict(tower, vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0,
-                         eos_token_id=1, pad_token_id=1),
-        vision_config=dict(tower, image_size=image_size, patch_size=8),
-        projection_dim=16,
-    )
+    text = dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    if size == "tiny":
+        tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        config = transformers.CLIPConfig(
+            text_config=dict(tower, **text),
+            vision_config=dict(tower, image_size=32, patch_size=8),
+            projection_dim=16,
+        )
+    elif size == "base":
+        config = transformers.CLIPConfig(text_config=text, vision_config=dict(image_size=224, patch_size=32))
+    else:
+        raise ValueError(f"size must be 'tiny' or 'base', got {size!r}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = transformers.CLIPModel(config)
