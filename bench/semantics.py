@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semsam_ros.inference.segments import make_segment  # noqa: E402
-from semsam_ros.semantics import DEFAULT_MODEL, RegionLabeller, build_hierarchy, default_vocabulary  # noqa: E402
+from semsam_ros.semantics import DEFAULT_MODEL, RegionLabeller, build_hierarchy  # noqa: E402
 
 
 def synthetic_frame(n_masks: int, seed: int = 0, shape: tuple[int, int] = (480, 640)):

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers", reason="the region labeller needs transformers (pip install 'semsam_ros[semantics]')")
+pytest.importorskip(
+    "transformers", reason="the region labeller needs transformers (pip install 'semsam_ros[semantics]')"
+)
 
 from semsam_ros.inference.segments import KIND_OBJECT, KIND_PART, make_segment  # noqa: E402
 from semsam_ros.semantics import (  # noqa: E402

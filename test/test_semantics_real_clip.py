@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-pytest.importorskip("transformers", reason="the region labeller needs transformers (pip install 'semsam_ros[semantics]')")
+pytest.importorskip(
+    "transformers", reason="the region labeller needs transformers (pip install 'semsam_ros[semantics]')"
+)
 
 from huggingface_hub import try_to_load_from_cache  # noqa: E402
 

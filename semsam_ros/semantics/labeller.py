@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -279,7 +279,8 @@ class RegionLabeller:
     def query_embeddings(self, queries: Sequence[str]) -> np.ndarray:
         """(Q, D) embeddings of free-text queries, each put through the object templates ("a photo of a {q}.")."""
         v = self._vocabulary
-        return self._class_embeddings([[t.format(object=q) for t in v.object_templates] for q in queries]).cpu().numpy()
+        prompts = [[t.format(object=q) for t in v.object_templates] for q in queries]
+        return self._class_embeddings(prompts).cpu().numpy()
 
     # image side
 
@@ -341,18 +342,19 @@ class RegionLabeller:
 
     # labelling
 
-    def _assign(self, segment: Segment, logits: torch.Tensor, names: Sequence[str]) -> None:
-        """Fill a segment's label fields from its logits over ``names``."""
-        segment.kind = kind_of_level(segment.level)
-        if segment.area == 0:
-            segment.label, segment.label_score, segment.top_labels = UNKNOWN_LABEL, 0.0, []
+    def _assign(self, segments: Sequence[Segment], logits: torch.Tensor, names: Sequence[str]) -> None:
+        """Fill the label fields of ``segments`` from their logits (one row each) over ``names``."""
+        if not segments:
             return
-        probs = logits.softmax(dim=-1)
-        values, indices = probs.topk(min(self.top_k, len(names)))
-        segment.top_labels = [(names[j], float(p)) for p, j in zip(values.tolist(), indices.tolist())]
-        best_name, best = segment.top_labels[0]
-        segment.label = best_name if best >= self.min_score else UNKNOWN_LABEL
-        segment.label_score = best
+        values, indices = logits.softmax(dim=-1).topk(min(self.top_k, len(names)), dim=-1)
+        for segment, probs, best in zip(segments, values.tolist(), indices.tolist()):
+            segment.kind = kind_of_level(segment.level)
+            if segment.area == 0:
+                segment.label, segment.label_score, segment.top_labels = UNKNOWN_LABEL, 0.0, []
+                continue
+            segment.top_labels = [(names[j], p) for p, j in zip(probs, best)]
+            segment.label_score = probs[0]
+            segment.label = names[best[0]] if probs[0] >= self.min_score else UNKNOWN_LABEL
 
     @torch.inference_mode()
     def label(self, image: np.ndarray, segments: Sequence[Segment]) -> RegionScores:
@@ -364,15 +366,14 @@ class RegionLabeller:
         """
         vocabulary = self._vocabulary
         for s in segments:
-            kind_of_level(s.level)
+            kind_of_level(s.level)  # reject levels outside 1..6 before any work
         index = {s.id: s for s in segments}
         if len(index) != len(segments) and any(s.parent_id >= 0 for s in segments):
             raise ValueError("segment ids are not unique but parent links are set; use build_hierarchy")
         emb = torch.from_numpy(self.encode_regions(image, segments)).to(self.device)
         object_logits = self.logit_scale * emb @ self.object_text_embeddings(vocabulary).T
-        for i, s in enumerate(segments):
-            if s.level in OBJECT_LEVELS:
-                self._assign(s, object_logits[i], vocabulary.objects)
+        rows = [i for i, s in enumerate(segments) if s.level in OBJECT_LEVELS]
+        self._assign([segments[i] for i in rows], object_logits[rows], vocabulary.objects)
         contexts: dict[str | None, list[int]] = {}
         for i, s in enumerate(segments):
             parent = next(
@@ -380,12 +381,11 @@ class RegionLabeller:
             )
             contexts.setdefault(parent, []).append(i)
         part_logits = torch.zeros(len(segments), len(vocabulary.parts), device=self.device)
-        for parent, rows in contexts.items():
+        for parent, members in contexts.items():
             text = self.part_text_embeddings(parent, vocabulary)
-            part_logits[rows] = self.logit_scale * emb[rows] @ text.T
-        for i, s in enumerate(segments):
-            if s.level in PART_LEVELS:
-                self._assign(s, part_logits[i], vocabulary.parts)
+            part_logits[members] = self.logit_scale * emb[members] @ text.T
+        rows = [i for i, s in enumerate(segments) if s.level in PART_LEVELS]
+        self._assign([segments[i] for i in rows], part_logits[rows], vocabulary.parts)
         return RegionScores(
             embeddings=emb.cpu().numpy(),
             object_logits=object_logits.cpu().numpy(),
