@@ -170,11 +170,13 @@ def test_hierarchy_given_order_and_containment_parameter():
         build_hierarchy([seg["mug"], make_segment(np.ones((4, 4), bool), 4, 0.5)])
 
 
-def test_same_level_masks_are_never_linked():
-    a = make_segment(box_mask(0, 0, 30, 30), 3, 0.9)
-    b = make_segment(box_mask(5, 5, 10, 10), 3, 0.9)
-    out = build_hierarchy([a, b])
-    assert [s.parent_id for s in out] == [-1, -1] and [s.child_ids for s in out] == [[], []]
+def test_same_level_masks_of_other_prompts_nest_by_area():
+    drawer = make_segment(box_mask(0, 0, 30, 30), 4, 0.9, prompt_id=0)
+    knob = make_segment(box_mask(5, 5, 10, 10), 4, 0.9, prompt_id=1)
+    twin = make_segment(box_mask(5, 5, 10, 10), 4, 0.8, prompt_id=2)  # same mask again: no link between twins
+    out = build_hierarchy([knob, twin, drawer])
+    assert out[0] is drawer and [s.parent_id for s in out] == [-1, 0, 0] and drawer.child_ids == [1, 2]
+    assert all(s.parent_id < s.id for s in out if s.parent_id >= 0)
 
 
 # text selection by labels

@@ -1,8 +1,9 @@
 """Part-of links between the masks of one frame: across levels and across prompts.
 
-A mask is the child of a coarser one (lower level number) when at least ``min_inside`` of its area lies inside
-it; its parent is the smallest such container. Ids are stable within a frame: they follow a canonical order
-that depends only on the masks, not on the order they arrived in.
+A mask is the child of a coarser one when at least ``min_inside`` of its area lies inside it; its parent is the
+smallest such container. Coarser means a lower level, or the same level (masks of different prompts) and a
+larger area. Ids are stable within a frame: they follow a canonical order that depends only on the masks, not
+on the order they arrived in.
 """
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ def build_hierarchy(
     """Give the segments of one frame ids and part-of links; returns them in id order (``out[i].id == i``).
 
     ``order="canonical"`` numbers them by :func:`canonical_key` (the same masks get the same ids whatever order
-    they come in), ``"given"`` keeps the input order. A segment's parent is the smallest segment of a strictly
-    coarser level that holds at least ``min_inside`` of its area (ties: the lower id); ``child_ids`` are
-    ascending. Empty masks get no links. The Segment objects are updated in place (``id``, ``parent_id``,
-    ``child_ids``).
+    they come in; a parent's id is then below its children's), ``"given"`` keeps the input order. A segment's
+    parent is the smallest coarser segment (a lower level, or the same level and a larger area) that holds at
+    least ``min_inside`` of its area (ties: the lower id); ``child_ids`` are ascending. Empty masks get no
+    links. The Segment objects are updated in place (``id``, ``parent_id``, ``child_ids``).
     """
     if not 0.0 < min_inside <= 1.0:
         raise ValueError(f"min_inside must be in (0, 1], got {min_inside}")
@@ -62,7 +63,7 @@ def build_hierarchy(
     h = np.minimum(box[:, None, 3], box[None, :, 3]) - np.maximum(box[:, None, 1], box[None, :, 1])
     need = min_inside * area
     possible = (
-        (level[None, :] < level[:, None])
+        ((level[None, :] < level[:, None]) | ((level[None, :] == level[:, None]) & (area[None, :] > area[:, None])))
         & (np.clip(w, 0, None) * np.clip(h, 0, None) >= need[:, None])
         & (area[None, :] >= need[:, None])
         & (area[:, None] > 0)
