@@ -5,12 +5,14 @@
 
 Measures, per model: the cold text encoding of the default vocabulary (objects, parts alone), and for frames of
 N masks (nested objects and parts, 480x640): build_hierarchy, then RegionLabeller.label with a warm text cache
-(the steady state of a robot whose vocabulary does not change), median over repeats.
+(the steady state of a robot whose vocabulary does not change), median over repeats. The 1-minute load average
+is recorded: CPU timings taken while other processes run are not comparable.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--masks", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--random", nargs="*", default=["tiny", "base"], choices=["tiny", "base"],
                         help="random-weight models to time (no download)")
     args = parser.parse_args()
@@ -111,6 +114,9 @@ def main() -> None:
     from semsam_ros.semantics.testing import make_tiny_clip
 
     logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size, name in [("tiny", "tiny random CLIP (2 layers, width 32, 32 px): the crop/plumbing floor"),
@@ -134,6 +140,7 @@ def main() -> None:
         "device_name": device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "results": results,
         "real_model_skipped": skipped,
     }, indent=2))
