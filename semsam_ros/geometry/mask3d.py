@@ -19,8 +19,8 @@ DEFAULT_MIN_POINTS = 30
 DEFAULT_MAX_POINTS = 1024
 DEFAULT_DEPTH_JUMP = 0.05
 DEFAULT_KEEP_FRACTION = 0.25
-_NORMAL_FRACTION = 0.05  # share of the inliers nearest the centroid that the normal is fitted to
-_NORMAL_MIN, _NORMAL_MAX = 10, 200
+_NORMAL_FRACTION = 0.1  # share of the inliers nearest the centroid that the normal is fitted to
+_NORMAL_MIN, _NORMAL_MAX = 20, 200
 _NAN3 = np.full(3, np.nan)
 _FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)
 
@@ -29,7 +29,7 @@ _FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)
 class Mask3D:
     """3D description of one mask; every array is NaN when ``valid`` is False ("no 3D").
 
-    position: robust centroid, the per-axis median of the inlier points (on the visible surface).
+    position: robust centroid, the median of the inlier points along each box axis (on flat visible surfaces).
     orientation: quaternion (x, y, z, w) of the oriented box; its columns are the principal axes, x the longest
       (x = ``axis``), z the least-spread direction (pointing towards the camera).
     size: box extents along its own x, y, z; box_center: the box centre (differs from ``position`` for
@@ -102,16 +102,22 @@ def mask_to_3d(
         return _no_3d(count, ratio)
     step = 1 if max_points is None else max(1, math.ceil(math.sqrt(count / max_points)))
     grid = 1 if return_points else step
-    inliers = _surface_inliers(sel[::grid, ::grid], z[::grid, ::grid], depth_jump * grid, keep_fraction)
-    points = None
+    jump = depth_jump * grid
+    inliers = _surface_inliers(m[::grid, ::grid], sel[::grid, ::grid], z[::grid, ::grid], jump, keep_fraction,
+                               holes=count < area)
+    rays = camera.rays[:, y0:y1, x0:x1]
+    points = extent_points = None
     if return_points:
-        points = (camera.rays[:, y0:y1, x0:x1][:, inliers] * z[inliers]).T.copy()
+        points = (rays[:, inliers] * z[inliers]).T.copy()
+        extent_points = points.T
         inliers = inliers[::step, ::step]
-    zs = z[::step, ::step][inliers]
-    p = camera.rays[:, y0:y1:step, x0:x1:step][:, inliers] * zs
+    elif step > 1:
+        r, c = _boundary_pixels(sel, z, inliers, step, depth_jump * step)
+        extent_points = rays[:, r, c] * z[r, c]
+    p = rays[:, ::step, ::step][:, inliers] * z[::step, ::step][inliers]
     if p.shape[1] < 4:
         return _no_3d(count, ratio)
-    return _fit(p, count, ratio, points)
+    return _fit(p, extent_points, count, ratio, points)
 
 
 def segments_to_3d(
@@ -149,23 +155,64 @@ def _no_3d(count: int, ratio: float) -> Mask3D:
     return Mask3D(False, nan3, np.full(4, np.nan), nan3.copy(), nan3.copy(), nan3.copy(), nan3.copy(), count, ratio)
 
 
-def _surface_inliers(valid: np.ndarray, z: np.ndarray, jump: float, keep_fraction: float) -> np.ndarray:
-    """Valid pixels in the large depth-continuous regions of a grid (4-neighbours linked if |dz| <= jump * z).
+def _surface_inliers(
+    mask: np.ndarray, valid: np.ndarray, z: np.ndarray, jump: float, keep_fraction: float, holes: bool
+) -> np.ndarray:
+    """Valid pixels of a grid in its large depth-continuous regions (4-neighbours linked if |dz| <= jump * z).
 
-    Pixels sit at even positions of a twice-as-fine image, links between them at odd ones; a link next to an
-    invalid pixel (z NaN, inf or <= 0, or outside the mask) leads nowhere, so ``z`` needs no masking.
+    Pixels sit at even positions of a twice-as-fine image, links between them at odd ones. A mask pixel without
+    depth (``holes``) takes the depth of the last valid pixel to its left in the row, so holes bridge rather than
+    cut a surface; regions are sized by their valid pixels only.
     """
     h, w = valid.shape
+    if holes:
+        last = np.where(valid, np.arange(w), 0)
+        np.maximum.accumulate(last, axis=1, out=last)
+        z = z[np.arange(h)[:, None], last]
     links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
-    links[::2, ::2] = valid
+    links[::2, ::2] = mask
     with np.errstate(invalid="ignore"):
         links[::2, 1::2] = np.abs(z[:, 1:] - z[:, :-1]) <= jump * np.minimum(z[:, 1:], z[:, :-1])
         links[1::2, ::2] = np.abs(z[1:] - z[:-1]) <= jump * np.minimum(z[1:], z[:-1])
     labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
     pixel_labels = labels[::2, ::2]
-    sizes = np.bincount(pixel_labels.ravel(), minlength=n + 1)
+    sizes = np.bincount(pixel_labels[valid], minlength=n + 1)
     sizes[0] = 0
-    return (sizes >= max(keep_fraction * sizes.max(), 1))[pixel_labels]
+    return (sizes >= max(keep_fraction * sizes.max(), 1))[pixel_labels] & valid
+
+
+def _boundary_pixels(
+    sel: np.ndarray, z: np.ndarray, inliers: np.ndarray, step: int, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) in ``sel`` of the valid pixels up to step - 1 beyond the outermost inliers of every row and
+    column of the step-``step`` grid, kept when depth-continuous with that inlier (|dz| <= tolerance * z).
+
+    The grid misses up to step - 1 pixels at each side of a mask; these pixels restore the extents.
+    """
+    h, w = sel.shape
+    gh, gw = inliers.shape
+    grow = np.flatnonzero(inliers.any(axis=1))
+    gcol = np.flatnonzero(inliers.any(axis=0))
+    left = inliers[grow].argmax(axis=1)
+    right = gw - 1 - inliers[grow, ::-1].argmax(axis=1)
+    top = inliers[:, gcol].argmax(axis=0)
+    bottom = gh - 1 - inliers[::-1, gcol].argmax(axis=0)
+    # outermost inliers (node_r, node_c), each with step - 1 pixels beyond it (off_r, off_c per pixel)
+    node_r = np.concatenate([grow, grow, top, bottom]) * step
+    node_c = np.concatenate([left, right, gcol, gcol]) * step
+    k = np.arange(1, step)
+    n_r, n_c = grow.size, gcol.size
+    sign = np.repeat([-1, 1, -1, 1], [n_r, n_r, n_c, n_c])
+    horizontal = np.repeat([True, True, False, False], [n_r, n_r, n_c, n_c])
+    offset = sign[:, None] * k
+    rows = node_r[:, None] + np.where(horizontal[:, None], 0, offset)
+    cols = node_c[:, None] + np.where(horizontal[:, None], offset, 0)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    rows, cols = np.where(inside, rows, node_r[:, None]), np.where(inside, cols, node_c[:, None])
+    zn = z[node_r, node_c][:, None]
+    with np.errstate(invalid="ignore"):
+        keep = inside & sel[rows, cols] & (np.abs(z[rows, cols] - zn) <= tolerance * zn)
+    return rows[keep], cols[keep]
 
 
 def _median(a: np.ndarray) -> np.ndarray:
@@ -182,15 +229,19 @@ def _principal_axes(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean.astype(np.float64), centred, vecs[:, ::-1]
 
 
-def _fit(p: np.ndarray, count: int, ratio: float, points: np.ndarray | None) -> Mask3D:
-    """Box, centroid, normal and axis of (3, N) inlier points."""
+def _fit(p: np.ndarray, extent_points: np.ndarray | None, count: int, ratio: float,
+         points: np.ndarray | None) -> Mask3D:
+    """Box, centroid, normal and axis of (3, N) inlier points; the box also spans ``extent_points`` (3, M)."""
     mean, centred, axes = _principal_axes(p)
     e0 = axes[:, 0] if axes[np.argmax(np.abs(axes[:, 0])), 0] > 0 else -axes[:, 0]
     e2 = -axes[:, 2] if axes[:, 2] @ mean > 0 else axes[:, 2]  # towards the camera
     rot = np.array([e0, _cross(e2, e0), e2]).T
-    q = rot.T.astype(p.dtype) @ centred
+    rot_t = rot.T.astype(p.dtype)
+    q = rot_t @ centred
+    centroid = mean + rot @ _median(q)  # median along the box axes: on the surface of flat parts
+    if extent_points is not None and extent_points.shape[1]:
+        q = np.concatenate([q, rot_t @ (extent_points - mean[:, None].astype(p.dtype))], axis=1)
     lo, hi = q.min(axis=1).astype(np.float64), q.max(axis=1).astype(np.float64)
-    centroid = _median(p).astype(np.float64)
 
     d = p - centroid[:, None].astype(p.dtype)
     d2 = np.einsum("ij,ij->j", d, d)
