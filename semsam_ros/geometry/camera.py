@@ -198,18 +198,27 @@ def _undistort_radtan(
     xd: np.ndarray, yd: np.ndarray, c: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Invert ``_radtan`` by Newton's method from x = xd; ok where it converged with a positive Jacobian."""
-    x = np.array(xd, dtype=np.float64)
-    y = np.array(yd, dtype=np.float64)
+    x = np.array(xd, dtype=np.float64).ravel()
+    y = np.array(yd, dtype=np.float64).ravel()
+    txd, tyd = x.copy(), y.copy()
+    active = np.arange(x.size)  # pixels still iterating
     for _ in range(_NEWTON_ITERATIONS):
-        fx, fy, j11, j12, j22 = _radtan(x, y, c, jacobian=True)
-        ex, ey = fx - xd, fy - yd
+        xa, ya = x[active], y[active]
+        fx, fy, j11, j12, j22 = _radtan(xa, ya, c, jacobian=True)
+        ex, ey = fx - txd[active], fy - tyd[active]
+        moving = np.abs(ex) + np.abs(ey) >= 0.1 * _CONVERGED
+        active, ex, ey = active[moving], ex[moving], ey[moving]
+        if active.size == 0:
+            break
+        j11, j12, j22 = j11[moving], j12[moving], j22[moving]
         det = j11 * j22 - j12 * j12
         det = np.where(np.abs(det) > 1e-12, det, 1e-12)
-        x -= (j22 * ex - j12 * ey) / det
-        y -= (j11 * ey - j12 * ex) / det
+        x[active] = xa[moving] - (j22 * ex - j12 * ey) / det
+        y[active] = ya[moving] - (j11 * ey - j12 * ex) / det
     fx, fy, j11, j12, j22 = _radtan(x, y, c, jacobian=True)
-    ok = (np.hypot(fx - xd, fy - yd) < _CONVERGED) & (j11 * j22 - j12 * j12 > 0) & (j11 > 0)
-    return x, y, ok
+    ok = (np.hypot(fx - txd, fy - tyd) < _CONVERGED) & (j11 * j22 - j12 * j12 > 0) & (j11 > 0)
+    shape = np.shape(xd)
+    return x.reshape(shape), y.reshape(shape), ok.reshape(shape)
 
 
 def _equidistant_theta_d(theta: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -226,7 +235,10 @@ def _undistort_equidistant(
     for _ in range(_NEWTON_ITERATIONS):
         t2 = theta * theta
         deriv = 1 + t2 * (3 * c[0] + t2 * (5 * c[1] + t2 * (7 * c[2] + t2 * 9 * c[3])))
-        theta -= (_equidistant_theta_d(theta, c) - theta_d) / np.where(np.abs(deriv) > 1e-12, deriv, 1e-12)
+        error = _equidistant_theta_d(theta, c) - theta_d
+        if np.all(np.abs(error) < 0.1 * _CONVERGED):
+            break
+        theta -= error / np.where(np.abs(deriv) > 1e-12, deriv, 1e-12)
     t2 = theta * theta
     deriv = 1 + t2 * (3 * c[0] + t2 * (5 * c[1] + t2 * (7 * c[2] + t2 * 9 * c[3])))
     ok = (np.abs(_equidistant_theta_d(theta, c) - theta_d) < _CONVERGED) & (theta >= 0) & (theta < np.pi / 2 - 1e-3)

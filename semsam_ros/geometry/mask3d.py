@@ -197,21 +197,20 @@ def _boundary_pixels(
     right = gw - 1 - inliers[grow, ::-1].argmax(axis=1)
     top = inliers[:, gcol].argmax(axis=0)
     bottom = gh - 1 - inliers[::-1, gcol].argmax(axis=0)
-    # outermost inliers (node_r, node_c), each with step - 1 pixels beyond it (off_r, off_c per pixel)
+    # outermost inliers (node_r, node_c) and the step - 1 pixels beyond each, clipped to the crop
     node_r = np.concatenate([grow, grow, top, bottom]) * step
     node_c = np.concatenate([left, right, gcol, gcol]) * step
-    k = np.arange(1, step)
     n_r, n_c = grow.size, gcol.size
-    sign = np.repeat([-1, 1, -1, 1], [n_r, n_r, n_c, n_c])
-    horizontal = np.repeat([True, True, False, False], [n_r, n_r, n_c, n_c])
-    offset = sign[:, None] * k
-    rows = node_r[:, None] + np.where(horizontal[:, None], 0, offset)
-    cols = node_c[:, None] + np.where(horizontal[:, None], offset, 0)
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    rows, cols = np.where(inside, rows, node_r[:, None]), np.where(inside, cols, node_c[:, None])
+    k = np.arange(1, step)
+    dr = np.zeros((node_r.size, step - 1), dtype=np.int64)
+    dc = np.zeros_like(dr)
+    dc[:n_r], dc[n_r : 2 * n_r] = -k, k
+    dr[2 * n_r : 2 * n_r + n_c], dr[2 * n_r + n_c :] = -k, k
+    rows = np.clip(node_r[:, None] + dr, 0, h - 1)
+    cols = np.clip(node_c[:, None] + dc, 0, w - 1)
     zn = z[node_r, node_c][:, None]
     with np.errstate(invalid="ignore"):
-        keep = inside & sel[rows, cols] & (np.abs(z[rows, cols] - zn) <= tolerance * zn)
+        keep = sel[rows, cols] & (np.abs(z[rows, cols] - zn) <= tolerance * zn)
     return rows[keep], cols[keep]
 
 

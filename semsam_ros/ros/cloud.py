@@ -13,10 +13,8 @@ def cloud_message(types: MessageTypes, header: Any, cloud: np.ndarray) -> Any:
     """An unorganised (height 1) PointCloud2 of a ``segments_cloud`` array; ``header`` names its frame."""
     if cloud.dtype != CLOUD_DTYPE:
         raise ValueError(f"cloud must have dtype CLOUD_DTYPE (see semsam_ros.geometry.cloud), got {cloud.dtype}")
-    fields = [
-        types.make("sensor_msgs/msg/PointField", name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-        for f in CLOUD_FIELDS
-    ]
+    point_field = types.get("sensor_msgs/msg/PointField")  # not types.make: its own argument is called name
+    fields = [point_field(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in CLOUD_FIELDS]
     return types.make(
         "sensor_msgs/msg/PointCloud2",
         header=header,
