@@ -42,7 +42,7 @@ def mug():
 
 # -- planes and boxes -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("max_points, tol, tol_deg", [(None, 0.003, 0.05), (1024, 0.006, 0.5)])
+@pytest.mark.parametrize("max_points, tol, tol_deg", [(None, 0.001, 0.05), (1024, 0.002, 0.5)])
 def test_fronto_parallel_rectangle(max_points, tol, tol_deg):
     depth, mask, center, u, v, normal = scene_rectangle()
     m = mask_to_3d(mask, depth, CAM, max_points=max_points)
@@ -61,9 +61,9 @@ def test_tilted_rectangle_normal_extent_and_centre():
     m = mask_to_3d(mask, depth, CAM)
     assert normal[2] < 0
     assert angle_deg(m.normal, normal) < 0.1 and m.normal @ normal > 0
-    np.testing.assert_allclose(m.size, [0.24, 0.12, 0.0], atol=0.006)
-    np.testing.assert_allclose(m.box_center, center, atol=0.004)
-    assert angle_deg(m.axis, u) < 0.5
+    np.testing.assert_allclose(m.size, [0.24, 0.12, 0.0], atol=0.001)
+    np.testing.assert_allclose(m.box_center, center, atol=0.0005)
+    assert angle_deg(m.axis, u) < 0.2
     assert abs((m.position - center) @ normal) < 1e-4  # the robust centroid lies on the surface
 
 
@@ -73,8 +73,8 @@ def test_box_seen_from_above_gives_its_top_face():
     center, half = np.array([0.0, 0.01, 0.7]), np.array([0.1, 0.05, 0.04])
     depth, label = gs.compose(gs.hit_box(RAYS, center, rot, half))
     m = mask_to_3d(label == 0, depth_to_meters(depth.astype(np.float32)), CAM)
-    np.testing.assert_allclose(m.box_center, center - [0, 0, 0.04], atol=0.002)
-    np.testing.assert_allclose(m.size, [0.2, 0.1, 0.0], atol=0.005)
+    np.testing.assert_allclose(m.box_center, center - [0, 0, 0.04], atol=0.001)
+    np.testing.assert_allclose(m.size, [0.2, 0.1, 0.0], atol=0.002)
     assert angle_deg(m.axis, rot[:, 0]) < 0.75 and m.axis @ rot[:, 0] > 0  # pixel grid aliasing: < 1 degree
     np.testing.assert_allclose(m.normal, [0, 0, -1], atol=1e-4)
     np.testing.assert_allclose(m.rotation[:, 1], [rot[1, 0], -rot[0, 0], 0.0], atol=0.015)  # e2 x e0
@@ -141,8 +141,7 @@ def test_mask_bleeding_onto_the_wall_and_flying_pixels_are_rejected(mug):
     m = mask_to_3d(bled, depth_m, CAM, max_points=None)
     assert m.point_count == bled.sum()
     check_body(m)
-    # on the default 1-in-4 pixel grid the wall pixels hide the body's outermost pixels: 1 px less each side
-    check_body(mask_to_3d(bled, depth_m, CAM), size_tol=(0.002, 0.0035, 0.004))
+    check_body(mask_to_3d(bled, depth_m, CAM))  # on the default 1-in-4 pixel grid too
 
 
 def test_holes_lower_the_valid_ratio_not_the_geometry(mug):
@@ -202,12 +201,14 @@ def test_empty_mask_and_all_invalid_depth_are_no_3d():
     assert not mask_to_3d(mask, np.zeros_like(depth), CAM).valid
 
 
-def test_size_mismatch_is_an_error():
+def test_size_mismatch_and_integer_depth_are_errors():
     depth, mask, *_ = scene_rectangle()
     with pytest.raises(ValueError, match="registered"):
         mask_to_3d(mask[:, :-1], depth[:, :-1], CAM)
     with pytest.raises(ValueError):
         mask_to_3d(mask, depth[:-2], CAM)
+    with pytest.raises(ValueError, match="depth_to_meters"):
+        mask_to_3d(mask, np.nan_to_num(depth * 1000).astype(np.uint16), CAM)  # millimetres are not metres
 
 
 # -- distortion -------------------------------------------------------------------------------------------------
@@ -219,13 +220,14 @@ def test_size_mismatch_is_an_error():
 def test_distorted_camera(d, model):
     rays = gs.pixel_rays(d=np.array(d), model=model)
     depth, mask, center, u, v, normal = scene_rectangle(rays, tilt_deg=20, distance=0.5)
-    m = mask_to_3d(mask, depth, CameraModel(gs.K, gs.W, gs.H, d=d, distortion_model=model), max_points=None)
-    size_error = np.abs(m.size - [0.24, 0.12, 0.0]).max()
-    assert size_error < 0.002
-    np.testing.assert_allclose(m.box_center, center, atol=0.001)
-    assert angle_deg(m.normal, normal) < 0.1 and angle_deg(m.axis, u) < 0.1
+    camera = CameraModel(gs.K, gs.W, gs.H, d=d, distortion_model=model)
+    for max_points in (None, 1024):
+        m = mask_to_3d(mask, depth, camera, max_points=max_points)
+        assert np.abs(m.size - [0.24, 0.12, 0.0]).max() < 0.0005
+        np.testing.assert_allclose(m.box_center, center, atol=0.0002)
+        assert angle_deg(m.normal, normal) < 0.01 and angle_deg(m.axis, u) < 0.1
     ignored = mask_to_3d(mask, depth, CAM, max_points=None)  # the same depth read as if there were no distortion
-    assert np.abs(ignored.size - [0.24, 0.12, 0.0]).max() > 3 * max(size_error, 0.001)
+    assert np.abs(ignored.size - [0.24, 0.12, 0.0]).max() > 0.004
 
 
 # -- frames -----------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from functools import lru_cache
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -69,7 +70,7 @@ def mask_to_3d(
     keep_fraction: float = DEFAULT_KEEP_FRACTION,
     return_points: bool = False,
 ) -> Mask3D:
-    """3D of one mask from depth in metres registered to it (``depth_to_meters``: invalid is NaN or <= 0).
+    """3D of one mask from depth in metres registered to it (``depth_to_meters``: invalid is NaN, inf or <= 0).
 
     bbox: the mask's pixel XYXY box with exclusive max (``Segment.bbox``); computed when None.
     min_points: fewer valid depth pixels than this gives "no 3D".
@@ -80,12 +81,62 @@ def mask_to_3d(
       spikes while keeping surfaces seen at grazing angles.
     return_points: also return the inlier points at full resolution (for point clouds).
     """
-    mask = np.asarray(mask, dtype=bool)
+    options = _Options(min_points, max_points, depth_jump, keep_fraction, return_points)
+    return _masks_to_3d([mask], [bbox], depth_m, camera, options)[0]
+
+
+def segments_to_3d(
+    segments: Sequence[Any], depth_m: np.ndarray, camera: CameraModel, **options: Any
+) -> list[Mask3D]:
+    """``mask_to_3d`` for each Segment (its ``mask`` and ``bbox``), the fits batched; same keyword options."""
+    opts = _Options(**{**_Options()._asdict(), **options})
+    return _masks_to_3d([s.mask for s in segments], [s.bbox for s in segments], depth_m, camera, opts)
+
+
+class _Options(NamedTuple):
+    min_points: int = DEFAULT_MIN_POINTS
+    max_points: int | None = DEFAULT_MAX_POINTS
+    depth_jump: float = DEFAULT_DEPTH_JUMP
+    keep_fraction: float = DEFAULT_KEEP_FRACTION
+    return_points: bool = False
+
+
+class _Sample(NamedTuple):
+    """Inlier points of one mask: grid sample (3, N), extra extent points (3, M), counts, full-res points."""
+
+    p: np.ndarray
+    extent: np.ndarray
+    count: int
+    ratio: float
+    points: np.ndarray | None
+
+
+def _masks_to_3d(
+    masks: Sequence[np.ndarray], bboxes: Sequence[Sequence[int] | None], depth_m: np.ndarray,
+    camera: CameraModel, options: _Options,
+) -> list[Mask3D]:
     depth_m = np.asarray(depth_m)
-    if mask.shape != depth_m.shape or mask.shape != (camera.height, camera.width):
+    if depth_m.dtype.kind != "f":
+        raise ValueError(f"depth_m must be floating-point metres, got {depth_m.dtype}: convert with depth_to_meters")
+    if depth_m.shape != (camera.height, camera.width):
         raise ValueError(
-            f"mask {mask.shape[::-1]}, depth {depth_m.shape[::-1]} and camera ({camera.width}, {camera.height}) "
-            "must have the same width and height: depth must be registered to the image, nothing is resized"
+            f"depth {depth_m.shape[::-1]} and camera ({camera.width}, {camera.height}) must have the same size: "
+            "depth must be registered to the image, nothing is resized"
+        )
+    depth_m = np.ascontiguousarray(depth_m)
+    samples = [_sample(np.asarray(m, dtype=bool), b, depth_m, camera, options) for m, b in zip(masks, bboxes)]
+    fitted = iter(_fit_batch([s for s in samples if isinstance(s, _Sample)]))
+    return [next(fitted) if isinstance(s, _Sample) else s for s in samples]
+
+
+def _sample(
+    mask: np.ndarray, bbox: Sequence[int] | None, depth_m: np.ndarray, camera: CameraModel, options: _Options
+) -> _Sample | Mask3D:
+    """The inlier points of one mask, or its "no 3D" result."""
+    if mask.shape != depth_m.shape:
+        raise ValueError(
+            f"mask {mask.shape[::-1]} and depth {depth_m.shape[::-1]} must have the same size: depth must be "
+            "registered to the image, nothing is resized"
         )
     x0, y0, x1, y1 = mask_bbox(mask) if bbox is None else (int(b) for b in bbox)
     m = mask[y0:y1, x0:x1]
@@ -98,33 +149,35 @@ def mask_to_3d(
         sel &= camera.ray_valid[y0:y1, x0:x1]
     count = int(np.count_nonzero(sel))
     ratio = count / area
-    if count < max(min_points, 4):
+    if count < max(options.min_points, 4):
         return _no_3d(count, ratio)
-    step = 1 if max_points is None else max(1, math.ceil(math.sqrt(count / max_points)))
-    grid = 1 if return_points else step
-    jump = depth_jump * grid
-    inliers = _surface_inliers(m[::grid, ::grid], sel[::grid, ::grid], z[::grid, ::grid], jump, keep_fraction,
-                               holes=count < area)
-    rays = camera.rays[:, y0:y1, x0:x1]
-    points = extent_points = None
-    if return_points:
-        points = (rays[:, inliers] * z[inliers]).T.copy()
-        extent_points = points.T
-        inliers = inliers[::step, ::step]
-    elif step > 1:
-        r, c = _boundary_pixels(sel, z, inliers, step, depth_jump * step)
-        extent_points = rays[:, r, c] * z[r, c]
-    p = rays[:, ::step, ::step][:, inliers] * z[::step, ::step][inliers]
-    if p.shape[1] < 4:
-        return _no_3d(count, ratio)
-    return _fit(p, extent_points, count, ratio, points)
+    step = 1 if options.max_points is None else max(1, math.ceil(math.sqrt(count / options.max_points)))
+    grid = 1 if options.return_points else step
+    inliers = _surface_inliers(m[::grid, ::grid], sel[::grid, ::grid], z[::grid, ::grid],
+                               options.depth_jump * grid, options.keep_fraction, holes=count < area)
+    width = camera.width
+    rows, cols = np.nonzero(inliers)
+    flat = (rows * grid + y0) * width + (cols * grid + x0)  # image pixel indices of the inliers
+    if options.return_points:
+        points = _gather(camera, depth_m, flat).T.copy()
+        rows, cols = np.nonzero(inliers[::step, ::step])
+        return _sample_of(_gather(camera, depth_m, (rows * step + y0) * width + (cols * step + x0)), points.T,
+                          count, ratio, points)
+    if step > 1:  # inliers on the step grid; the boundary pixels restore the extents it misses
+        boundary = _boundary_pixels(sel, depth_m, x0, y0, inliers, step, options.depth_jump * step)
+        both = _gather(camera, depth_m, np.concatenate([boundary, flat]))
+        return _sample_of(both[:, boundary.size :], both[:, : boundary.size], count, ratio, None)
+    return _sample_of(_gather(camera, depth_m, flat), np.zeros((3, 0), np.float32), count, ratio, None)
 
 
-def segments_to_3d(
-    segments: Sequence[Any], depth_m: np.ndarray, camera: CameraModel, **options: Any
-) -> list[Mask3D]:
-    """``mask_to_3d`` for each Segment (uses its ``mask`` and ``bbox``); options as for ``mask_to_3d``."""
-    return [mask_to_3d(s.mask, depth_m, camera, bbox=s.bbox, **options) for s in segments]
+def _gather(camera: CameraModel, depth_m: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """(3, N) camera-frame points of image pixels given by flat index."""
+    return np.take(camera.rays.reshape(3, -1), flat, axis=1) * np.take(depth_m, flat)
+
+
+def _sample_of(p: np.ndarray, extent: np.ndarray, count: int, ratio: float, points: np.ndarray | None
+               ) -> _Sample | Mask3D:
+    return _Sample(p, extent, count, ratio, points) if p.shape[1] >= 4 else _no_3d(count, ratio)
 
 
 def transform(m: Mask3D, t: np.ndarray) -> Mask3D:
@@ -165,16 +218,21 @@ def _surface_inliers(
     cut a surface; regions are sized by their valid pixels only.
     """
     h, w = valid.shape
+    nodes = valid
     if holes:
+        rows = np.arange(h)[:, None]
         last = np.where(valid, np.arange(w), 0)
         np.maximum.accumulate(last, axis=1, out=last)
-        z = z[np.arange(h)[:, None], last]
+        nodes = mask & valid[rows, last]
+        z = z[rows, last]
+    z = np.where(nodes, z, np.nan)  # finite at nodes only, so no links elsewhere and no inf - inf
     links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
-    links[::2, ::2] = mask
-    with np.errstate(invalid="ignore"):
-        links[::2, 1::2] = np.abs(z[:, 1:] - z[:, :-1]) <= jump * np.minimum(z[:, 1:], z[:, :-1])
-        links[1::2, ::2] = np.abs(z[1:] - z[:-1]) <= jump * np.minimum(z[1:], z[:-1])
+    links[::2, ::2] = nodes
+    links[::2, 1::2] = np.abs(z[:, 1:] - z[:, :-1]) <= jump * np.minimum(z[:, 1:], z[:, :-1])
+    links[1::2, ::2] = np.abs(z[1:] - z[:-1]) <= jump * np.minimum(z[1:], z[:-1])
     labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
+    if n == 1:
+        return valid
     pixel_labels = labels[::2, ::2]
     sizes = np.bincount(pixel_labels[valid], minlength=n + 1)
     sizes[0] = 0
@@ -182,36 +240,37 @@ def _surface_inliers(
 
 
 def _boundary_pixels(
-    sel: np.ndarray, z: np.ndarray, inliers: np.ndarray, step: int, tolerance: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) in ``sel`` of the valid pixels up to step - 1 beyond the outermost inliers of every row and
-    column of the step-``step`` grid, kept when depth-continuous with that inlier (|dz| <= tolerance * z).
+    sel: np.ndarray, depth_m: np.ndarray, x0: int, y0: int, inliers: np.ndarray, step: int, tolerance: float
+) -> np.ndarray:
+    """Image (flat) indices of the valid pixels up to step - 1 beyond a grid inlier, towards each of its 4 grid
+    neighbours that is not an inlier, kept when depth-continuous with it (|dz| <= tolerance * z).
 
-    The grid misses up to step - 1 pixels at each side of a mask; these pixels restore the extents.
+    ``sel`` is the crop at (x0, y0) of valid mask pixels, ``inliers`` its step-``step`` grid of inliers; the grid
+    misses up to step - 1 pixels at each side of a mask, these restore the extents.
     """
     h, w = sel.shape
-    gh, gw = inliers.shape
-    grow = np.flatnonzero(inliers.any(axis=1))
-    gcol = np.flatnonzero(inliers.any(axis=0))
-    left = inliers[grow].argmax(axis=1)
-    right = gw - 1 - inliers[grow, ::-1].argmax(axis=1)
-    top = inliers[:, gcol].argmax(axis=0)
-    bottom = gh - 1 - inliers[::-1, gcol].argmax(axis=0)
-    # outermost inliers (node_r, node_c) and the step - 1 pixels beyond each, clipped to the crop
-    node_r = np.concatenate([grow, grow, top, bottom]) * step
-    node_c = np.concatenate([left, right, gcol, gcol]) * step
-    n_r, n_c = grow.size, gcol.size
+    width = depth_m.shape[1]
+    padded = np.zeros((inliers.shape[0] + 2, inliers.shape[1] + 2), dtype=bool)
+    padded[1:-1, 1:-1] = inliers
+    open_sides = np.stack([~padded[:-2, 1:-1], ~padded[2:, 1:-1], ~padded[1:-1, :-2], ~padded[1:-1, 2:]])
+    side, node_r, node_c = np.nonzero(open_sides & inliers)  # up, down, left, right
+    node_r *= step
+    node_c *= step
+    dr, dc = _probe_offsets(step)
+    rows = np.minimum(np.maximum(node_r[:, None] + dr[side], 0), h - 1)
+    cols = np.minimum(np.maximum(node_c[:, None] + dc[side], 0), w - 1)
+    image = (rows + y0) * width + (cols + x0)
+    zn = np.take(depth_m, (node_r + y0) * width + (node_c + x0))[:, None]
+    keep = np.take(sel, rows * w + cols) & (np.abs(np.take(depth_m, image) - zn) <= tolerance * zn)  # zn finite
+    return image[keep]
+
+
+@lru_cache(maxsize=64)
+def _probe_offsets(step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(4, step - 1) row and column offsets of the pixels 1..step-1 up, down, left and right of a grid node."""
     k = np.arange(1, step)
-    dr = np.zeros((node_r.size, step - 1), dtype=np.int64)
-    dc = np.zeros_like(dr)
-    dc[:n_r], dc[n_r : 2 * n_r] = -k, k
-    dr[2 * n_r : 2 * n_r + n_c], dr[2 * n_r + n_c :] = -k, k
-    rows = np.clip(node_r[:, None] + dr, 0, h - 1)
-    cols = np.clip(node_c[:, None] + dc, 0, w - 1)
-    zn = z[node_r, node_c][:, None]
-    with np.errstate(invalid="ignore"):
-        keep = sel[rows, cols] & (np.abs(z[rows, cols] - zn) <= tolerance * zn)
-    return rows[keep], cols[keep]
+    zero = np.zeros_like(k)
+    return np.stack([-k, k, zero, zero]), np.stack([zero, zero, -k, k])
 
 
 def _median(a: np.ndarray) -> np.ndarray:
@@ -220,69 +279,89 @@ def _median(a: np.ndarray) -> np.ndarray:
     return np.partition(a, k, axis=1)[:, k]
 
 
-def _principal_axes(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean (3,), centred points and eigenvectors (columns, largest variance first) of (3, N) points."""
-    mean = p.sum(axis=1) / p.shape[1]
-    centred = p - mean[:, None]
-    _, vecs = np.linalg.eigh((centred @ centred.T).astype(np.float64))
-    return mean.astype(np.float64), centred, vecs[:, ::-1]
+def _group_moments(p: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (G, 3) and covariance eigenvectors (G, 3, 3; columns, smallest variance first) of the column groups
+    p[:, bounds[2g]:bounds[2g + 1]] of a (3, N) float64 array whose last column is padding."""
+    n = (bounds[1::2] - bounds[::2])[:, None]
+    mean = np.add.reduceat(p, bounds, axis=1)[:, ::2].T / n
+    products = p[[0, 1, 2, 0, 0, 1]] * p[[0, 1, 2, 1, 2, 2]]  # xx yy zz xy xz yz
+    xx, yy, zz, xy, xz, yz = np.add.reduceat(products, bounds, axis=1)[:, ::2] / n.T
+    cov = np.stack([xx, xy, xz, xy, yy, yz, xz, yz, zz], axis=1).reshape(-1, 3, 3)
+    cov -= mean[:, :, None] * mean[:, None, :]
+    return mean, np.linalg.eigh(cov)[1]
 
 
-def _fit(p: np.ndarray, extent_points: np.ndarray | None, count: int, ratio: float,
-         points: np.ndarray | None) -> Mask3D:
-    """Box, centroid, normal and axis of (3, N) inlier points; the box also spans ``extent_points`` (3, M)."""
-    mean, centred, axes = _principal_axes(p)
-    e0 = axes[:, 0] if axes[np.argmax(np.abs(axes[:, 0])), 0] > 0 else -axes[:, 0]
-    e2 = -axes[:, 2] if axes[:, 2] @ mean > 0 else axes[:, 2]  # towards the camera
-    rot = np.array([e0, _cross(e2, e0), e2]).T
-    rot_t = rot.T.astype(p.dtype)
-    q = rot_t @ centred
-    centroid = mean + rot @ _median(q)  # median along the box axes: on the surface of flat parts
-    if extent_points is not None and extent_points.shape[1]:
-        q = np.concatenate([q, rot_t @ (extent_points - mean[:, None].astype(p.dtype))], axis=1)
-    lo, hi = q.min(axis=1).astype(np.float64), q.max(axis=1).astype(np.float64)
+def _fit_batch(samples: Sequence[_Sample]) -> list[Mask3D]:
+    """Box, centroid, normal and axis of each sample's (3, N) inliers; boxes also span the extent points."""
+    if not samples:
+        return []
+    count = len(samples)
+    sizes = np.array([s.p.shape[1] for s in samples])
+    lengths = sizes + np.array([s.extent.shape[1] for s in samples])
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    pad = np.zeros((3, 1), dtype=np.float32)
+    cat = np.concatenate([a for s in samples for a in (s.p, s.extent)] + [pad], axis=1)  # [p0 e0 p1 e1 ... 0]
+    mean, vecs = _group_moments(cat.astype(np.float64), np.column_stack([starts, starts + sizes]).ravel())
+    e0, e2 = vecs[:, :, 2], vecs[:, :, 0]
+    e0 = np.where(e0[np.arange(count), np.abs(e0).argmax(axis=1)][:, None] < 0, -e0, e0)  # largest > 0
+    e2 = np.where(np.einsum("gi,gi->g", e2, mean)[:, None] > 0, -e2, e2)  # box z towards the camera
+    e1 = e2[:, [1, 2, 0]] * e0[:, [2, 0, 1]] - e2[:, [2, 0, 1]] * e0[:, [1, 2, 0]]  # e2 x e0
+    rot = np.stack([e0, e1, e2], axis=2)  # (G, 3, 3), columns = box axes
+    rot_t = rot.transpose(0, 2, 1).astype(np.float32)
 
-    d = p - centroid[:, None].astype(p.dtype)
-    d2 = np.einsum("ij,ij->j", d, d)
-    k = min(p.shape[1], max(_NORMAL_MIN, min(_NORMAL_MAX, int(p.shape[1] * _NORMAL_FRACTION))))
-    near = p[:, np.argpartition(d2, k - 1)[:k]] if k < p.shape[1] else p
-    near_mean, _, near_axes = _principal_axes(near)
-    normal = -near_axes[:, 2] if near_axes[:, 2] @ near_mean > 0 else near_axes[:, 2]
-    return Mask3D(
-        valid=True,
-        position=centroid,
-        orientation=matrix_to_quaternion(rot),
-        size=hi - lo,
-        box_center=mean + rot @ ((lo + hi) / 2),
-        normal=normal,
-        axis=e0,
-        point_count=count,
-        valid_ratio=ratio,
-        points=points,
-    )
-
-
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cross product of two 3-vectors (np.cross is slow for single vectors)."""
-    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+    q = np.empty_like(cat)  # box coordinates, sample by sample
+    q_median = np.empty((count, 3), dtype=np.float32)
+    near_groups = []
+    for g, s in enumerate(samples):
+        qg = np.matmul(rot_t[g], cat[:, starts[g] : ends[g]], out=q[:, starts[g] : ends[g]])
+        q_median[g] = _median(qg[:, : sizes[g]])
+        d = qg[:, : sizes[g]] - q_median[g][:, None]
+        k = min(sizes[g], max(_NORMAL_MIN, min(_NORMAL_MAX, int(sizes[g] * _NORMAL_FRACTION))))
+        near_groups.append(s.p[:, np.argpartition(np.einsum("ij,ij->j", d, d), k - 1)[:k]] if k < sizes[g] else s.p)
+    lo = np.minimum.reduceat(q[:, :-1], starts, axis=1).T.astype(np.float64)
+    hi = np.maximum.reduceat(q[:, :-1], starts, axis=1).T.astype(np.float64)
+    near_sizes = np.array([a.shape[1] for a in near_groups])
+    near_ends = np.cumsum(near_sizes)
+    near = np.concatenate(near_groups + [pad], axis=1).astype(np.float64)
+    near_mean, near_vecs = _group_moments(near, np.column_stack([near_ends - near_sizes, near_ends]).ravel())
+    normals = near_vecs[:, :, 0]
+    normals = np.where(np.einsum("gi,gi->g", normals, near_mean)[:, None] > 0, -normals, normals)
+    positions = np.einsum("gij,gj->gi", rot, q_median)  # median along the box axes: on flat surfaces
+    centers = np.einsum("gij,gj->gi", rot, (lo + hi) / 2)
+    return [
+        Mask3D(
+            valid=True,
+            position=positions[g],
+            orientation=matrix_to_quaternion(rot[g]),
+            size=hi[g] - lo[g],
+            box_center=centers[g],
+            normal=normals[g],
+            axis=e0[g],
+            point_count=s.count,
+            valid_ratio=s.ratio,
+            points=s.points,
+        )
+        for g, s in enumerate(samples)
+    ]
 
 
 def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
     """Unit quaternion (x, y, z, w), w >= 0, of a 3x3 rotation matrix."""
-    r = np.asarray(r, dtype=np.float64)
-    tr = r[0, 0] + r[1, 1] + r[2, 2]
+    r = np.asarray(r, dtype=np.float64).tolist()
+    tr = r[0][0] + r[1][1] + r[2][2]
     if tr > 0:
         s = 2.0 * math.sqrt(tr + 1.0)
-        q = [(r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, 0.25 * s]
-    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
-        q = [0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s, (r[2, 1] - r[1, 2]) / s]
-    elif r[1, 1] > r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
-        q = [(r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s, (r[0, 2] - r[2, 0]) / s]
+        q = [(r[2][1] - r[1][2]) / s, (r[0][2] - r[2][0]) / s, (r[1][0] - r[0][1]) / s, 0.25 * s]
+    elif r[0][0] > r[1][1] and r[0][0] > r[2][2]:
+        s = 2.0 * math.sqrt(1.0 + r[0][0] - r[1][1] - r[2][2])
+        q = [0.25 * s, (r[0][1] + r[1][0]) / s, (r[0][2] + r[2][0]) / s, (r[2][1] - r[1][2]) / s]
+    elif r[1][1] > r[2][2]:
+        s = 2.0 * math.sqrt(1.0 + r[1][1] - r[0][0] - r[2][2])
+        q = [(r[0][1] + r[1][0]) / s, 0.25 * s, (r[1][2] + r[2][1]) / s, (r[0][2] - r[2][0]) / s]
     else:
-        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
-        q = [(r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s, (r[1, 0] - r[0, 1]) / s]
+        s = 2.0 * math.sqrt(1.0 + r[2][2] - r[0][0] - r[1][1])
+        q = [(r[0][2] + r[2][0]) / s, (r[1][2] + r[2][1]) / s, 0.25 * s, (r[1][0] - r[0][1]) / s]
     out = np.array(q)
     out /= np.linalg.norm(out)
     return -out if out[3] < 0 else out
