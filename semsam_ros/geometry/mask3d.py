@@ -225,11 +225,13 @@ def _surface_inliers(
         np.maximum.accumulate(last, axis=1, out=last)
         nodes = mask & valid[rows, last]
         z = z[rows, last]
-    z = np.where(nodes, z, np.nan)  # finite at nodes only, so no links elsewhere and no inf - inf
+    # |dz| <= jump * min(z1, z2)  <=>  |log z1 - log z2| <= log(1 + jump); NaN (no link) off the nodes
+    log_z = np.log(np.where(nodes, z, np.nan))
+    limit = math.log1p(jump)
     links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
     links[::2, ::2] = nodes
-    links[::2, 1::2] = np.abs(z[:, 1:] - z[:, :-1]) <= jump * np.minimum(z[:, 1:], z[:, :-1])
-    links[1::2, ::2] = np.abs(z[1:] - z[:-1]) <= jump * np.minimum(z[1:], z[:-1])
+    links[::2, 1::2] = np.abs(log_z[:, 1:] - log_z[:, :-1]) <= limit
+    links[1::2, ::2] = np.abs(log_z[1:] - log_z[:-1]) <= limit
     labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
     if n == 1:
         return valid
@@ -252,8 +254,8 @@ def _boundary_pixels(
     width = depth_m.shape[1]
     padded = np.zeros((inliers.shape[0] + 2, inliers.shape[1] + 2), dtype=bool)
     padded[1:-1, 1:-1] = inliers
-    open_sides = np.stack([~padded[:-2, 1:-1], ~padded[2:, 1:-1], ~padded[1:-1, :-2], ~padded[1:-1, 2:]])
-    side, node_r, node_c = np.nonzero(open_sides & inliers)  # up, down, left, right
+    neighbours = np.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
+    side, node_r, node_c = np.nonzero(inliers > neighbours)  # inliers whose up, down, left, right one is not
     node_r *= step
     node_c *= step
     dr, dc = _probe_offsets(step)
