@@ -89,8 +89,7 @@ def segments_to_3d(
     segments: Sequence[Any], depth_m: np.ndarray, camera: CameraModel, **options: Any
 ) -> list[Mask3D]:
     """``mask_to_3d`` for each Segment (its ``mask`` and ``bbox``), the fits batched; same keyword options."""
-    opts = _Options(**{**_Options()._asdict(), **options})
-    return _masks_to_3d([s.mask for s in segments], [s.bbox for s in segments], depth_m, camera, opts)
+    return _masks_to_3d([s.mask for s in segments], [s.bbox for s in segments], depth_m, camera, _Options(**options))
 
 
 class _Options(NamedTuple):
@@ -115,6 +114,7 @@ def _masks_to_3d(
     masks: Sequence[np.ndarray], bboxes: Sequence[Sequence[int] | None], depth_m: np.ndarray,
     camera: CameraModel, options: _Options,
 ) -> list[Mask3D]:
+    """Sample every mask, then fit all samples at once (the per-mask numpy call overhead dominates)."""
     depth_m = np.asarray(depth_m)
     if depth_m.dtype.kind != "f":
         raise ValueError(f"depth_m must be floating-point metres, got {depth_m.dtype}: convert with depth_to_meters")
@@ -177,6 +177,7 @@ def _gather(camera: CameraModel, depth_m: np.ndarray, flat: np.ndarray) -> np.nd
 
 def _sample_of(p: np.ndarray, extent: np.ndarray, count: int, ratio: float, points: np.ndarray | None
                ) -> _Sample | Mask3D:
+    """A sample, or "no 3D" when fewer than 4 inliers are left."""
     return _Sample(p, extent, count, ratio, points) if p.shape[1] >= 4 else _no_3d(count, ratio)
 
 
