@@ -152,17 +152,17 @@ def _sample(
     if count < max(options.min_points, 4):
         return _no_3d(count, ratio)
     step = 1 if options.max_points is None else max(1, math.ceil(math.sqrt(count / options.max_points)))
-    grid = 1 if options.return_points else step
-    inliers = _surface_inliers(m[::grid, ::grid], sel[::grid, ::grid], z[::grid, ::grid],
-                               options.depth_jump * grid, options.keep_fraction, holes=count < area)
+    inliers = _surface_inliers(m[::step, ::step], sel[::step, ::step], z[::step, ::step],
+                               options.depth_jump * step, options.keep_fraction, holes=count < area)
     width = camera.width
     rows, cols = np.nonzero(inliers)
-    flat = (rows * grid + y0) * width + (cols * grid + x0)  # image pixel indices of the inliers
+    flat = (rows * step + y0) * width + (cols * step + x0)  # image pixel indices of the inliers
     if options.return_points:
-        points = _gather(camera, depth_m, flat).T.copy()
-        rows, cols = np.nonzero(inliers[::step, ::step])
-        return _sample_of(_gather(camera, depth_m, (rows * step + y0) * width + (cols * step + x0)), points.T,
-                          count, ratio, points)
+        if step > 1:
+            full = _full_resolution_inliers(sel, z, inliers, step, options.depth_jump * step * math.sqrt(2))
+            rows, cols = np.nonzero(full)
+        points = _gather(camera, depth_m, (rows + y0) * width + (cols + x0)).T.copy()
+        return _sample_of(_gather(camera, depth_m, flat), points.T, count, ratio, points)
     if step > 1:  # inliers on the step grid; the boundary pixels restore the extents it misses
         boundary = _boundary_pixels(sel, depth_m, x0, y0, inliers, step, options.depth_jump * step)
         both = _gather(camera, depth_m, np.concatenate([boundary, flat]))
@@ -242,6 +242,23 @@ def _surface_inliers(
     return (sizes >= max(keep_fraction * sizes.max(), 1))[pixel_labels] & valid
 
 
+def _full_resolution_inliers(
+    sel: np.ndarray, z: np.ndarray, inliers: np.ndarray, step: int, tolerance: float
+) -> np.ndarray:
+    """Valid pixels of ``sel`` depth-continuous (|dz| <= tolerance * z) with an inlier at a corner of their cell
+    of the step-``step`` grid ``inliers``."""
+    h, w = sel.shape
+    gh, gw = inliers.shape
+    corners = np.full((gh + 1, gw + 1), np.nan, dtype=z.dtype)  # node depth where an inlier, one NaN row/col more
+    corners[:gh, :gw] = np.where(inliers, z[::step, ::step], np.nan)
+    near = np.zeros((h, w), dtype=bool)
+    for dr in (0, 1):
+        for dc in (0, 1):
+            zn = np.repeat(np.repeat(corners[dr : dr + gh, dc : dc + gw], step, axis=0), step, axis=1)[:h, :w]
+            near |= np.abs(z - zn) <= tolerance * zn
+    return near & sel
+
+
 def _boundary_pixels(
     sel: np.ndarray, depth_m: np.ndarray, x0: int, y0: int, inliers: np.ndarray, step: int, tolerance: float
 ) -> np.ndarray:
@@ -305,7 +322,9 @@ def _fit_batch(samples: Sequence[_Sample]) -> list[Mask3D]:
     starts = ends - lengths
     pad = np.zeros((3, 1), dtype=np.float32)
     cat = np.concatenate([a for s in samples for a in (s.p, s.extent)] + [pad], axis=1)  # [p0 e0 p1 e1 ... 0]
-    mean, vecs = _group_moments(cat.astype(np.float64), np.column_stack([starts, starts + sizes]).ravel())
+    p_ends = np.cumsum(sizes)
+    p_cat = np.concatenate([s.p for s in samples] + [pad], axis=1).astype(np.float64)
+    mean, vecs = _group_moments(p_cat, np.column_stack([p_ends - sizes, p_ends]).ravel())
     e0, e2 = vecs[:, :, 2], vecs[:, :, 0]
     e0 = np.where(e0[np.arange(count), np.abs(e0).argmax(axis=1)][:, None] < 0, -e0, e0)  # largest > 0
     e2 = np.where(np.einsum("gi,gi->g", e2, mean)[:, None] > 0, -e2, e2)  # box z towards the camera
