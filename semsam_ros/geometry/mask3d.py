@@ -304,10 +304,8 @@ def _group_moments(p: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.nd
     p[:, bounds[2g]:bounds[2g + 1]] of a (3, N) float64 array whose last column is padding."""
     n = (bounds[1::2] - bounds[::2])[:, None]
     mean = np.add.reduceat(p, bounds, axis=1)[:, ::2].T / n
-    products = p[[0, 1, 2, 0, 0, 1]] * p[[0, 1, 2, 1, 2, 2]]  # xx yy zz xy xz yz
-    xx, yy, zz, xy, xz, yz = np.add.reduceat(products, bounds, axis=1)[:, ::2] / n.T
-    cov = np.stack([xx, xy, xz, xy, yy, yz, xz, yz, zz], axis=1).reshape(-1, 3, 3)
-    cov -= mean[:, :, None] * mean[:, None, :]
+    second = np.add.reduceat((p[:, None] * p[None]).reshape(9, -1), bounds, axis=1)[:, ::2].T / n
+    cov = second.reshape(-1, 3, 3) - mean[:, :, None] * mean[:, None, :]
     return mean, np.linalg.eigh(cov)[1]
 
 
@@ -351,11 +349,12 @@ def _fit_batch(samples: Sequence[_Sample]) -> list[Mask3D]:
     normals = np.where(np.einsum("gi,gi->g", normals, near_mean)[:, None] > 0, -normals, normals)
     positions = np.einsum("gij,gj->gi", rot, q_median)  # median along the box axes: on flat surfaces
     centers = np.einsum("gij,gj->gi", rot, (lo + hi) / 2)
+    orientations = _quaternions(rot)
     return [
         Mask3D(
             valid=True,
             position=positions[g],
-            orientation=matrix_to_quaternion(rot[g]),
+            orientation=orientations[g],
             size=hi[g] - lo[g],
             box_center=centers[g],
             normal=normals[g],
@@ -370,23 +369,25 @@ def _fit_batch(samples: Sequence[_Sample]) -> list[Mask3D]:
 
 def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
     """Unit quaternion (x, y, z, w), w >= 0, of a 3x3 rotation matrix."""
-    r = np.asarray(r, dtype=np.float64).tolist()
-    tr = r[0][0] + r[1][1] + r[2][2]
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        q = [(r[2][1] - r[1][2]) / s, (r[0][2] - r[2][0]) / s, (r[1][0] - r[0][1]) / s, 0.25 * s]
-    elif r[0][0] > r[1][1] and r[0][0] > r[2][2]:
-        s = 2.0 * math.sqrt(1.0 + r[0][0] - r[1][1] - r[2][2])
-        q = [0.25 * s, (r[0][1] + r[1][0]) / s, (r[0][2] + r[2][0]) / s, (r[2][1] - r[1][2]) / s]
-    elif r[1][1] > r[2][2]:
-        s = 2.0 * math.sqrt(1.0 + r[1][1] - r[0][0] - r[2][2])
-        q = [(r[0][1] + r[1][0]) / s, 0.25 * s, (r[1][2] + r[2][1]) / s, (r[0][2] - r[2][0]) / s]
-    else:
-        s = 2.0 * math.sqrt(1.0 + r[2][2] - r[0][0] - r[1][1])
-        q = [(r[0][2] + r[2][0]) / s, (r[1][2] + r[2][1]) / s, 0.25 * s, (r[1][0] - r[0][1]) / s]
-    out = np.array(q)
-    out /= np.linalg.norm(out)
-    return -out if out[3] < 0 else out
+    return _quaternions(np.asarray(r, dtype=np.float64)[None])[0]
+
+
+def _quaternions(r: np.ndarray) -> np.ndarray:
+    """(G, 4) quaternions (x, y, z, w), w >= 0, of (G, 3, 3) rotations.
+
+    Row i of K below is 4 q_i q; the row with the largest diagonal entry 4 q_i^2 is the best conditioned.
+    """
+    g = np.arange(len(r))
+    r00, r11, r22 = r[:, 0, 0], r[:, 1, 1], r[:, 2, 2]
+    a, b, c = r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]
+    d, e, f = r[:, 0, 1] + r[:, 1, 0], r[:, 0, 2] + r[:, 2, 0], r[:, 1, 2] + r[:, 2, 1]
+    k = np.stack([1 + r00 - r11 - r22, d, e, a,
+                  d, 1 - r00 + r11 - r22, f, b,
+                  e, f, 1 - r00 - r11 + r22, c,
+                  a, b, c, 1 + r00 + r11 + r22], axis=1).reshape(-1, 4, 4)
+    q = k[g, k[:, [0, 1, 2, 3], [0, 1, 2, 3]].argmax(axis=1)]
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return np.where(q[:, 3:] < 0, -q, q)
 
 
 def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
