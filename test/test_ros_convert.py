@@ -36,7 +36,11 @@ class Fake3D:
     position: tuple = (0.1, 0.2, 1.5)
     orientation: tuple = (0.0, 0.0, 0.7071068, 0.7071068)
     size: tuple = (0.3, 0.2, 0.1)
+    box_center: tuple = (0.11, 0.19, 1.55)
+    normal: tuple = (0.0, 0.0, -1.0)
+    axis: tuple = (0.0, 1.0, 0.0)
     point_count: int = 42
+    valid_ratio: float = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +100,16 @@ def test_segment_array_content(store, types):
     assert list(ring.top_labels) == ["mug", "cup"] and list(ring.top_label_scores) == pytest.approx([0.8, 0.15])
     assert list(ring.child_ids) == [1] and handle.parent_id == 0 and handle.kind == KIND_PART
     assert (ring.centroid_x, ring.centroid_y) == pytest.approx(segs[0].centroid)
-    assert ring.has_3d and ring.point_count == 42
-    assert (ring.pose.position.x, ring.pose.position.y, ring.pose.position.z) == (0.1, 0.2, 1.5)
+    assert ring.has_3d and ring.point_count == 42 and ring.valid_depth_ratio == 0.75
+    assert (ring.pose.position.x, ring.pose.position.y, ring.pose.position.z) == (0.11, 0.19, 1.55)  # box centre
     assert ring.pose.orientation.w == pytest.approx(0.7071068) and ring.size.x == pytest.approx(0.3)
-    assert not handle.has_3d and handle.point_count == 0 and handle.pose.orientation.w == 1.0
+    assert (ring.centroid.x, ring.centroid.y, ring.centroid.z) == (0.1, 0.2, 1.5)
+    assert (ring.normal.z, ring.axis.y) == (-1.0, 1.0)
+    # no 3D: geometry zero, the depth statistics still tell why
+    assert not handle.has_3d and handle.point_count == 42 and handle.valid_depth_ratio == 0.75
+    assert handle.pose.orientation.w == 1.0 and handle.pose.position.z == 0.0 and handle.centroid.z == 0.0
+    assert (handle.normal.z, handle.axis.y, handle.size.x) == (0.0, 0.0, 0.0)
+    assert empty.point_count == 0 and empty.valid_depth_ratio == 0.0  # no 3D result at all
     assert not empty.has_3d and (empty.mask.width, empty.mask.height, empty.bbox.width) == (0, 0, 0)
     assert np.isnan(empty.centroid_x) and np.isnan(empty.stability_score)
 
@@ -114,6 +124,29 @@ def test_round_trip_rebuilds_full_masks(store, types):
             b.bbox, b.area, b.level, b.id, b.prompt_id, b.kind, b.label)
         assert [lb for lb, _ in a.top_labels] == [lb for lb, _ in b.top_labels] and a.child_ids == b.child_ids
         assert a.parent_id == b.parent_id
+
+
+def test_3d_fields_round_trip_through_cdr(store, types):
+    from semsam_ros.geometry import CameraModel, segments_to_3d
+    from semsam_ros.ros.convert import msg_to_3d
+
+    camera = CameraModel([[10.0, 0, W / 2], [0, 10.0, H / 2], [0, 0, 1]], W, H)
+    ys, xs = np.mgrid[:H, :W]
+    depth = (1.0 + 0.02 * xs + 0.01 * ys).astype(np.float32)  # a tilted plane
+    segs = [make_segment(box_mask(0, 0, 8, 6), 1, 0.9, id=0), make_segment(box_mask(1, 1, 3, 2), 4, 0.9, id=1)]
+    results = segments_to_3d(segs, depth, camera, min_points=4)
+    assert results[0].valid and not results[1].valid
+    msg = cdr(store, segments_to_msg(types, segs, make_header(types, 1, "cam"), (H, W), "m", results))
+    back = msg_to_3d(msg)
+    a, b = results[0], back[0]
+    assert b.valid and (b.point_count, b.valid_ratio) == (a.point_count, pytest.approx(a.valid_ratio))
+    for name in ("position", "box_center", "size", "normal", "axis", "orientation"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), atol=1e-12, err_msg=name)
+    seg = msg.segments[0]
+    assert seg.centroid.z == a.position[2] and seg.pose.position.z == a.box_center[2]
+    assert np.linalg.norm([seg.normal.x, seg.normal.y, seg.normal.z]) == pytest.approx(1.0)
+    assert np.dot([seg.normal.x, seg.normal.y, seg.normal.z], a.position) < 0  # towards the camera
+    assert not back[1].valid and np.isnan(back[1].position).all() and back[1].point_count == results[1].point_count
 
 
 def test_rclpy_like_messages():
@@ -232,7 +265,7 @@ def test_detection_mirror(vision_store):
     assert msg.header.frame_id == "cam" and len(msg.detections) == 3
     ring, handle, empty = msg.detections
     assert ring.id == "0" and [h.hypothesis.class_id for h in ring.results] == ["mug", "cup"]
-    assert ring.results[0].hypothesis.score == pytest.approx(0.8) and ring.results[0].pose.pose.position.z == 1.5
+    assert ring.results[0].hypothesis.score == pytest.approx(0.8) and ring.results[0].pose.pose.position.z == 1.55
     assert (ring.bbox.center.position.x, ring.bbox.center.position.y, ring.bbox.size_x, ring.bbox.size_y) == (
         3.5, 3.0, 5.0, 4.0)
     assert [h.hypothesis.class_id for h in handle.results] == ["handle"]

@@ -371,8 +371,9 @@ def test_3d_hook_fills_the_message(types, logs):
 
     def measure(segments, depth_m, camera_info):
         seen.append((depth_m.dtype, float(np.nanmax(depth_m)), camera_info.k[0]))
-        return [SimpleNamespace(valid=True, position=(0, 0, 1.5), orientation=(0, 0, 0, 1), size=(0.1, 0.2, 0.3),
-                                point_count=int(s.area)) for s in segments]
+        return [SimpleNamespace(valid=True, position=(0, 0, 1.5), box_center=(0, 0, 1.6), orientation=(0, 0, 0, 1),
+                                size=(0.1, 0.2, 0.3), normal=(0, 0, -1), axis=(1, 0, 0), point_count=int(s.area),
+                                valid_ratio=1.0) for s in segments]
 
     core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, measure_3d=measure))
     header = make_header(types, SEC, "cam")
@@ -383,7 +384,8 @@ def test_3d_hook_fills_the_message(types, logs):
     (out,) = core.step()
     assert seen == [(np.float32, pytest.approx(1.5), 500.0)]
     (seg,) = out.message.segments
-    assert seg.has_3d and seg.pose.position.z == 1.5 and seg.point_count == 9 and seg.size.z == pytest.approx(0.3)
+    assert seg.has_3d and seg.centroid.z == 1.5 and seg.pose.position.z == pytest.approx(1.6) and seg.point_count == 9
+    assert seg.size.z == pytest.approx(0.3) and seg.valid_depth_ratio == 1.0 and seg.normal.z == -1.0
 
 
 # --- bad input, failures, services, threads ---------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def test_rosidl_adapter_parses_every_file(rosidl):
     segment = dict(rosidl["fields"]["semsam_ros/msg/Segment"])
     assert segment["bbox"] == "sensor_msgs/RegionOfInterest" and segment["mask"] == "sensor_msgs/Image"
     assert segment["pose"] == "geometry_msgs/Pose" and segment["size"] == "geometry_msgs/Vector3"
+    assert segment["centroid"] == "geometry_msgs/Point" and segment["valid_depth_ratio"] == "float32"
+    assert segment["normal"] == segment["axis"] == "geometry_msgs/Vector3" and segment["point_count"] == "uint32"
     assert segment["top_labels"] == "string[]" and segment["top_label_scores"] == "float32[]"
     assert segment["KIND_OBJECT"] == "uint8"
     assert dict(rosidl["fields"]["semsam_ros/srv/Segment_Request"])["prompt"] == "semsam_ros/Prompt"

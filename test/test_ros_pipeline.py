@@ -73,3 +73,5 @@ def test_prompt_through_the_node_pipeline_matches_the_python_api(checkpoint):
     assert [s.id for s in got] == list(range(len(got)))
     for seg in out.message.segments:  # flat depth 1.2 m in front of the camera
         assert seg.has_3d and seg.pose.position.z == pytest.approx(1.2, abs=0.01)
+        assert seg.centroid.z == pytest.approx(1.2, abs=0.01) and seg.normal.z == pytest.approx(-1.0, abs=1e-3)
+        assert seg.valid_depth_ratio == 1.0 and seg.point_count == seg.area

@@ -18,13 +18,17 @@ LEVELS = (1, 2, 3, 4, 5, 6)
 
 
 class Segment3D(Protocol):
-    """What the 3D layer reports for one segment (only these attributes are read)."""
+    """What the 3D layer reports for one segment (``geometry.Mask3D``; only these attributes are read)."""
 
     valid: bool
-    position: Sequence[float]  # x, y, z in metres
-    orientation: Sequence[float]  # quaternion x, y, z, w
-    size: Sequence[float]  # box extents in metres
+    position: Sequence[float]  # robust centroid x, y, z in metres
+    box_center: Sequence[float]  # centre of the oriented box
+    orientation: Sequence[float]  # box axes as a quaternion x, y, z, w
+    size: Sequence[float]  # box extents in metres along its own axes
+    normal: Sequence[float]  # unit surface normal at the centroid, towards the camera
+    axis: Sequence[float]  # unit principal axis
     point_count: int
+    valid_ratio: float
 
 
 @dataclass
@@ -67,17 +71,26 @@ def _vector(types: MessageTypes, name: str, values: Sequence[float], keys: str) 
     return types.make(name, **{k: float(v) for k, v in zip(keys, values)})
 
 
+def _box_pose(types: MessageTypes, result3d: Segment3D | None) -> Any:
+    """The oriented box of a valid 3D result as a geometry_msgs/Pose; the identity otherwise."""
+    valid = result3d is not None and bool(result3d.valid)
+    return types.make(
+        "geometry_msgs/msg/Pose",
+        position=_vector(types, "geometry_msgs/msg/Point", result3d.box_center if valid else (0, 0, 0), "xyz"),
+        orientation=_vector(
+            types, "geometry_msgs/msg/Quaternion", result3d.orientation if valid else (0, 0, 0, 1), "xyzw"
+        ),
+    )
+
+
 def _segment_msg(types: MessageTypes, seg: Segment, header: Any, result3d: Segment3D | None) -> Any:
     x0, y0, x1, y1 = (int(v) for v in seg.bbox)
     crop = np.asarray(seg.mask[y0:y1, x0:x1], dtype=bool).view(np.uint8) * np.uint8(255)
     has_3d = result3d is not None and bool(result3d.valid)
-    pose = types.make(
-        "geometry_msgs/msg/Pose",
-        position=_vector(types, "geometry_msgs/msg/Point", result3d.position if has_3d else (0, 0, 0), "xyz"),
-        orientation=_vector(
-            types, "geometry_msgs/msg/Quaternion", result3d.orientation if has_3d else (0, 0, 0, 1), "xyzw"
-        ),
-    )
+
+    def vector3(name: str, kind: str = "Vector3") -> Any:
+        return _vector(types, f"geometry_msgs/msg/{kind}", getattr(result3d, name) if has_3d else (0, 0, 0), "xyz")
+
     return types.make(
         "semsam_ros/msg/Segment",
         id=int(seg.id),
@@ -101,9 +114,14 @@ def _segment_msg(types: MessageTypes, seg: Segment, header: Any, result3d: Segme
         centroid_x=float(seg.centroid[0]),
         centroid_y=float(seg.centroid[1]),
         has_3d=has_3d,
-        pose=pose,
-        size=_vector(types, "geometry_msgs/msg/Vector3", result3d.size if has_3d else (0, 0, 0), "xyz"),
-        point_count=int(result3d.point_count) if has_3d else 0,
+        pose=_box_pose(types, result3d),
+        size=vector3("size"),
+        centroid=vector3("position", "Point"),
+        normal=vector3("normal"),
+        axis=vector3("axis"),
+        # known whenever depth was measured, valid or not (why a mask has no 3D)
+        point_count=0 if result3d is None else int(result3d.point_count),
+        valid_depth_ratio=0.0 if result3d is None else float(result3d.valid_ratio),
     )
 
 
@@ -183,6 +201,36 @@ def msg_to_segments(msg: Any, image_size: tuple[int, int] | None = None) -> list
     return segments
 
 
+def msg_to_3d(msg: Any) -> list[Any]:
+    """The 3D fields of every segment of a SegmentArray as ``geometry.Mask3D`` records (``points`` None).
+
+    A segment without 3D gives ``valid`` False with NaN geometry (its point_count and valid ratio kept), as
+    ``geometry.mask_to_3d`` reports it; ``marker_array`` and a grasp planner's code take either.
+    """
+    from semsam_ros.geometry.mask3d import Mask3D
+
+    def xyz(v: Any) -> np.ndarray:
+        return np.array([v.x, v.y, v.z], dtype=np.float64)
+
+    out = []
+    for s in msg.segments:
+        nan3 = np.full(3, np.nan)
+        q = s.pose.orientation
+        valid = bool(s.has_3d)
+        out.append(Mask3D(
+            valid=valid,
+            position=xyz(s.centroid) if valid else nan3,
+            orientation=np.array([q.x, q.y, q.z, q.w], dtype=np.float64) if valid else np.full(4, np.nan),
+            size=xyz(s.size) if valid else nan3.copy(),
+            box_center=xyz(s.pose.position) if valid else nan3.copy(),
+            normal=xyz(s.normal) if valid else nan3.copy(),
+            axis=xyz(s.axis) if valid else nan3.copy(),
+            point_count=int(s.point_count),
+            valid_ratio=float(s.valid_depth_ratio),
+        ))
+    return out
+
+
 def prompt_from_msg(msg: Any) -> PromptRequest:
     """PromptRequest of a semsam_ros/Prompt; ValueError on a negative id or a level outside 1..6."""
     if int(msg.prompt_id) < 0:
@@ -245,21 +293,12 @@ def segments_to_detections(
     """vision_msgs/Detection2DArray mirror of a SegmentArray (vision_msgs 4.x, as in Humble and Jazzy).
 
     One detection per segment: ``id`` = segment id, the bbox, and one hypothesis per top label (the label alone
-    when there are none), with the segment's 3D pose when it has one.
+    when there are none), with the segment's 3D box pose (as ``Segment.pose``) when it has one.
     """
     header = copy_header(types, header)
-    identity = types.make("geometry_msgs/msg/Pose", position=types.make("geometry_msgs/msg/Point", x=0.0, y=0.0, z=0.0),
-                          orientation=types.make("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
     detections = []
     for i, seg in enumerate(segments):
-        result3d = None if results3d is None else results3d[i]
-        pose = identity
-        if result3d is not None and result3d.valid:
-            pose = types.make(
-                "geometry_msgs/msg/Pose",
-                position=_vector(types, "geometry_msgs/msg/Point", result3d.position, "xyz"),
-                orientation=_vector(types, "geometry_msgs/msg/Quaternion", result3d.orientation, "xyzw"),
-            )
+        pose = _box_pose(types, None if results3d is None else results3d[i])
         with_pose = types.make("geometry_msgs/msg/PoseWithCovariance", pose=pose,
                                covariance=types.float_array(np.zeros(36)))
         hypotheses = [
