@@ -5,6 +5,7 @@ workspace; skipped where rclpy or launch_testing is absent.
 """
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 import unittest
@@ -28,6 +29,7 @@ from semsam_ros.ros.convert import make_header, msg_to_segments, stamp_to_ns  # 
 from semsam_ros.ros.images import rgb_to_image  # noqa: E402
 from semsam_ros.ros.msgtypes import MessageTypes  # noqa: E402
 from semsam_ros.srv import Segment as SegmentService  # noqa: E402
+from semsam_ros.srv import SetVocabulary  # noqa: E402
 
 H, W = 48, 64
 INPUT_SIZE = 48  # the image is used as is (short side == input_size)
@@ -35,6 +37,7 @@ POINT = (30.0, 20.0)
 PROMPT_ID = 7
 TIMEOUT_S = 90.0
 CHECKPOINT = Path(tempfile.mkdtemp(prefix="semsam_launch_")) / "tiny.pth"
+SEMANTICS = importlib.util.find_spec("transformers") is not None  # labels from a tiny random CLIP when possible
 
 
 def make_image() -> np.ndarray:
@@ -47,13 +50,18 @@ def generate_test_description():
     from semsam_ros.testing import make_tiny_checkpoint
 
     make_tiny_checkpoint(CHECKPOINT)
+    semantics = {}
+    if SEMANTICS:
+        from semsam_ros.semantics.testing import make_tiny_clip
+
+        semantics = {"semantics": True, "clip_model": str(make_tiny_clip(CHECKPOINT.parent / "clip"))}
     node = launch_ros.actions.Node(
         package="semsam_ros",
         executable="semsam_node",
         name="semsam",
         output="screen",
         parameters=[{"checkpoint": str(CHECKPOINT), "device": "cpu", "input_size": INPUT_SIZE,
-                     "min_region_area": 0, "buffer_size": 4}],
+                     "min_region_area": 0, "buffer_size": 4, **semantics}],
         remappings=[("image", "/test/image"), ("camera_info", "/test/camera_info")],
     )
     return launch.LaunchDescription([node, launch_testing.actions.ReadyToTest()]), {"semsam": node}
@@ -153,6 +161,30 @@ class TestSemsamNode(unittest.TestCase):
         self.assertEqual(response.result.header.frame_id, "srv_cam")
         self.assertEqual(stamp_to_ns(response.result.header.stamp), 123_000_000_456)
         self.assertTrue(all(s.prompt_id == 3 for s in response.result.segments))
+
+    def call(self, client, request):
+        self.assertTrue(client.wait_for_service(timeout_sec=TIMEOUT_S))
+        future = client.call_async(request)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not future.done():
+            self.assertLess(time.monotonic(), deadline, "timed out waiting for a service reply")
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+        return future.result()
+
+    def test_set_vocabulary_service(self) -> None:
+        client = self.node.create_client(SetVocabulary, "/semsam/set_vocabulary")
+        response = self.call(client, SetVocabulary.Request(parts=["knob", "spout"]))
+        if not SEMANTICS:
+            self.assertFalse(response.success)
+            self.assertIn("semantics is off", response.message)
+            return
+        self.assertTrue(response.success, response.message)
+        self.assertTrue(response.message.startswith("vocabulary changed"), response.message)
+        self.assertEqual(list(response.parts), ["knob", "spout"])
+        self.assertGreater(len(response.objects), 10)  # the shipped objects are kept
+        again = self.call(client, SetVocabulary.Request())  # both empty: a query
+        self.assertTrue(again.success and again.message.startswith("vocabulary unchanged"), again.message)
+        self.assertEqual(list(again.parts), ["knob", "spout"])
 
     def test_bad_encoding_does_not_kill_the_node(self) -> None:
         for _ in range(3):

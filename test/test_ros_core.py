@@ -108,8 +108,14 @@ def test_default_params_are_valid_and_mirrored_in_config():
     yaml = pytest.importorskip("yaml")
     assert NodeParams().validate() == []
     text = (ROOT / "config/semsam.yaml").read_text()
-    assert yaml.safe_load(text)["/**"]["ros__parameters"] == dataclasses.asdict(NodeParams())
-    marked = {m.group(1) for m in re.finditer(r"^\s+(\w+):.*\(runtime\)", text, re.M)}
+    defaults = dataclasses.asdict(NodeParams())
+    # ROS 2 parameter files cannot hold empty lists (no element type): those are commented out, with an example
+    empty = {name for name, value in defaults.items() if value == []}
+    assert empty == {"vocabulary_objects", "vocabulary_parts"}
+    assert yaml.safe_load(text)["/**"]["ros__parameters"] == {k: v for k, v in defaults.items() if k not in empty}
+    commented = {m.group(1) for m in re.finditer(r"^\s+# (\w+): \[", text, re.M)}
+    assert empty <= commented
+    marked = {m.group(1) for m in re.finditer(r"^\s+(?:# )?(\w+):.*\(runtime\)", text, re.M)}
     assert marked == RUNTIME_PARAMS
 
 
@@ -123,7 +129,8 @@ def test_every_param_is_documented():
     "name, value",
     [("device", "gpu"), ("backend", "onnx"), ("mode", "sometimes"), ("auto_rate_hz", 0.0), ("auto_levels", [0, 3]),
      ("auto_levels", []), ("dedupe_iou", 1.5), ("buffer_size", 0), ("label_image_level", 7),
-     ("image_transport", "theora"), ("score_threshold", float("nan")), ("max_stamp_diff", -1.0)],
+     ("image_transport", "theora"), ("score_threshold", float("nan")), ("max_stamp_diff", -1.0),
+     ("vocabulary_parts", ["handle", " "]), ("text_top_k", 0)],
 )
 def test_bad_param_values_are_explained(name, value):
     reasons = NodeParams(**{name: value}).validate()
@@ -333,19 +340,45 @@ def labelling(rgb, segments):
     return segments
 
 
-def by_label(segments, text, rgb):
-    return [s for s in segments if s.label == text]
+def by_label(segments, text, rgb, point, top_k):
+    """Fake select: masks labelled ``text`` holding ``point``, finest first."""
+    held = [s for s in segments if point is None or s.mask[int(point[1]), int(point[0])]]
+    return sorted((s for s in held if s.label == text), key=lambda s: -s.level)[:top_k]
 
 
-def test_text_selects_among_a_prompts_masks(types, logs):
-    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, annotate=labelling,
-                                              select_text=by_label))
+def recording(calls):
+    def select(segments, text, rgb, point, top_k):
+        calls.append(([s.level for s in segments], text, point, top_k))
+        return by_label(segments, text, rgb, point, top_k)
+
+    return select
+
+
+@pytest.mark.parametrize("top_k, kept", [(1, [(1, 5, "handle")]), (2, [(1, 4, "handle"), (1, 5, "handle")])])
+def test_text_selects_among_a_prompts_masks(types, logs, top_k, kept):
+    calls = []
+    core = make_core(types, logs, text_top_k=top_k,
+                     hooks=Hooks(postprocess=fake_postprocess, annotate=labelling, select_text=recording(calls)))
     core.submit_frame(frame(types, SEC))
     core.submit_prompt(point_prompt(prompt_id=1, text="handle"))
     core.submit_prompt(point_prompt(prompt_id=2, levels=(1,)))
     (out,) = core.step()
-    assert [(s.prompt_id, s.label) for s in out.segments] == [(1, "handle"), (1, "handle"), (2, "mug")]
+    assert [(s.prompt_id, s.level, s.label) for s in out.segments] == kept + [(2, 1, "mug")]
     assert all(s.parent_id == -1 for s in out.segments)  # the parent (id 10) was filtered out
+    assert calls == [([1, 2, 3, 4, 5], "handle", (5.0, 6.0), top_k)]  # the prompt's own masks, with its point
+
+
+def test_text_selects_per_point_and_among_boxes(types, logs):
+    calls = []
+    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, annotate=labelling,
+                                              select_text=recording(calls)))
+    core.submit_frame(frame(types, SEC))
+    core.submit_prompt(PromptRequest(prompt_id=3, points=np.array([[2.0, 2.0], [12.0, 9.0]]),
+                                     boxes=np.array([[0, 0, 8, 8]]), levels=(3, 4), text="handle"))
+    (out,) = core.step()
+    assert [(c[0], c[2]) for c in calls] == [([3, 4], (2.0, 2.0)), ([3, 4], (12.0, 9.0)), ([3, 4], None)]
+    kept = [(s.level, s.point) for s in out.segments]
+    assert kept == [(4, (2.0, 2.0)), (4, (12.0, 9.0)), (4, None)]  # the best of each point, and of the box
 
 
 def test_text_without_semantics_is_ignored_and_logged(types, logs):
@@ -364,6 +397,92 @@ def test_text_only_prompt_searches_automatic_masks(types, logs):
     core.submit_prompt(PromptRequest(prompt_id=5, text="handle", levels=(3, 4)))
     (out,) = core.step()
     assert calls == [(3, 4)] and [(s.prompt_id, s.level, s.label) for s in out.segments] == [(5, 4, "handle")]
+
+
+def test_text_only_prompt_shares_the_automatic_run(types, logs):
+    calls, selections = [], []
+    core = make_core(types, logs, mode="both", auto_levels=[3, 4], text_top_k=2,
+                     hooks=Hooks(postprocess=fake_postprocess, automatic=fake_automatic(calls), annotate=labelling,
+                                 select_text=recording(selections)))
+    core.submit_frame(frame(types, SEC))
+    core.submit_prompt(PromptRequest(prompt_id=5, text="handle"))
+    (out,) = core.step()
+    assert calls == [(3, 4)]  # one automatic run serves the automatic output and the text search
+    assert selections == [([3, 4], "handle", None, 2)]
+    assert [(s.prompt_id, s.level) for s in out.segments] == [(5, 4), (-1, 3), (-1, 4)]
+    assert len({id(s) for s in out.segments}) == 3 and len({s.id for s in out.segments}) == 3
+
+
+# --- vocabulary at run time ---------------------------------------------------------------------------------------
+
+
+class FakeVocabulary:
+    """What pipeline.build_hooks does with a labeller, with plain lists."""
+
+    def __init__(self) -> None:
+        self.calls = []
+        self.objects, self.parts = ["mug", "bottle"], ["handle", "lid"]
+
+    def set(self, file, objects, parts):
+        self.calls.append((file, list(objects), list(parts)))
+        new = (list(objects) or ["mug", "bottle"], list(parts) or ["handle", "lid"])
+        changed = new != (self.objects, self.parts)
+        self.objects, self.parts = new
+        return changed
+
+    def names(self):
+        return list(self.objects), list(self.parts)
+
+
+def vocabulary_core(types, logs, vocab, **params):
+    hooks = Hooks(postprocess=fake_postprocess, set_vocabulary=vocab.set, class_names=vocab.names)
+    return make_core(types, logs, hooks=hooks, **params)
+
+
+def test_vocabulary_parameters_apply_at_run_time(types, logs):
+    vocab = FakeVocabulary()
+    core = vocabulary_core(types, logs, vocab)
+    assert core.class_names() == ["unknown", "mug", "bottle", "handle", "lid"]
+    assert core.update_params(dataclasses.replace(core.params, score_threshold=0.6)) is False
+    assert vocab.calls == []  # no vocabulary parameter changed: the labeller is not touched
+    assert core.update_params(dataclasses.replace(core.params, vocabulary_parts=["knob"])) is True
+    assert vocab.calls == [("", [], ["knob"])] and core.class_names()[-1] == "knob"
+    assert core.params.vocabulary_parts == ["knob"]
+    with pytest.raises(ValueError, match="vocabulary_objects must be a list of non-empty names"):
+        core.update_params(dataclasses.replace(core.params, vocabulary_objects=[""]))
+    assert len(vocab.calls) == 1 and core.params.vocabulary_objects == []
+
+
+def test_bad_vocabulary_file_changes_nothing(types, logs):
+    def refuse(file, objects, parts):
+        raise ValueError(f"cannot read the vocabulary {file}")
+
+    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, set_vocabulary=refuse))
+    with pytest.raises(ValueError, match="cannot read the vocabulary /missing.yaml"):
+        core.update_params(dataclasses.replace(core.params, vocabulary="/missing.yaml", score_threshold=0.7))
+    assert core.params.vocabulary == "" and core.params.score_threshold == 0.5
+
+
+def test_set_vocabulary_request(types, logs):
+    vocab = FakeVocabulary()
+    core = vocabulary_core(types, logs, vocab)
+    params = core.vocabulary_update(["cup"], [])
+    assert (params.vocabulary_objects, params.vocabulary_parts) == (["cup"], [])
+    assert core.set_vocabulary(["cup"], []) == (True, "vocabulary changed: 1 objects, 2 parts")
+    assert core.set_vocabulary([], ["spout"]) == (True, "vocabulary changed: 1 objects, 1 parts")
+    assert vocab.objects == ["cup"]  # the empty objects list kept the current ones
+    assert core.set_vocabulary([], []) == (False, "vocabulary unchanged: 1 objects, 1 parts")
+    assert core.set_vocabulary(["cup"], ["spout"]) == (False, "vocabulary unchanged: 1 objects, 1 parts")
+    with pytest.raises(ValueError, match="non-empty names"):
+        core.vocabulary_update(["cup", "  "], [])
+
+
+def test_set_vocabulary_without_semantics(types, logs):
+    core = make_core(types, logs)
+    with pytest.raises(ValueError, match="semantics is off"):
+        core.set_vocabulary(["cup"], [])
+    assert core.class_names() == ["unknown"] and core.vocabulary_summary(False) == "no vocabulary (semantics is off)"
+    assert core.update_params(dataclasses.replace(core.params, vocabulary_parts=["knob"])) is False
 
 
 def test_3d_hook_fills_the_message(types, logs):

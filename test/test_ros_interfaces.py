@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,7 +73,7 @@ def rosidl() -> dict:
 
 def test_interface_files_exist():
     assert [p.name for p in MSGS] == ["Prompt.msg", "Segment.msg", "SegmentArray.msg"]
-    assert [p.name for p in SRVS] == ["Segment.srv"]
+    assert [p.name for p in SRVS] == ["Segment.srv", "SetVocabulary.srv"]
 
 
 def test_rosidl_adapter_parses_every_file(rosidl):
@@ -82,6 +83,8 @@ def test_rosidl_adapter_parses_every_file(rosidl):
         "semsam_ros/msg/SegmentArray",
         "semsam_ros/srv/Segment_Request",
         "semsam_ros/srv/Segment_Response",
+        "semsam_ros/srv/SetVocabulary_Request",
+        "semsam_ros/srv/SetVocabulary_Response",
     ]
     segment = dict(rosidl["fields"]["semsam_ros/msg/Segment"])
     assert segment["bbox"] == "sensor_msgs/RegionOfInterest" and segment["mask"] == "sensor_msgs/Image"
@@ -91,6 +94,9 @@ def test_rosidl_adapter_parses_every_file(rosidl):
     assert segment["top_labels"] == "string[]" and segment["top_label_scores"] == "float32[]"
     assert segment["KIND_OBJECT"] == "uint8"
     assert dict(rosidl["fields"]["semsam_ros/srv/Segment_Request"])["prompt"] == "semsam_ros/Prompt"
+    assert rosidl["fields"]["semsam_ros/srv/SetVocabulary_Request"] == [["objects", "string[]"], ["parts", "string[]"]]
+    response = dict(rosidl["fields"]["semsam_ros/srv/SetVocabulary_Response"])
+    assert response == {"success": "bool", "message": "string", "objects": "string[]", "parts": "string[]"}
 
 
 def test_rosidl_and_rosbags_agree_on_fields(rosidl):
@@ -187,6 +193,8 @@ def assert_same(a, b, path="msg"):
         "semsam_ros/msg/Prompt",
         "semsam_ros/srv/Segment_Request",
         "semsam_ros/srv/Segment_Response",
+        "semsam_ros/srv/SetVocabulary_Request",
+        "semsam_ros/srv/SetVocabulary_Response",
     ],
 )
 def test_cdr_round_trip(distro, name):
@@ -194,6 +202,12 @@ def test_cdr_round_trip(distro, name):
     msg = sample(store, name)
     raw = store.serialize_cdr(msg, name)
     assert_same(msg, store.deserialize_cdr(raw, name))
+
+
+def test_every_interface_is_generated_by_cmake():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    listed = re.findall(r'"((?:msg|srv)/\w+\.(?:msg|srv))"', text)
+    assert sorted(listed) == sorted(str(p.relative_to(ROOT)) for p in MSGS + SRVS)
 
 
 def test_kind_constants_match_the_segment_record():

@@ -31,7 +31,11 @@ PROMPT_BATCH = 16  # prompts per predictor call (bounds the (N, 6, H, W) logits 
 
 
 def _param(default: Any, doc: str) -> Any:
-    """A NodeParams field with its documentation (used for the ROS parameter descriptors)."""
+    """A NodeParams field with its documentation (used for the ROS parameter descriptors).
+
+    A list defaulting to empty is a list of strings (the node declares its ROS type explicitly: an empty list
+    says nothing about its element type).
+    """
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
@@ -74,6 +78,13 @@ class NodeParams:
     semantics: bool = _param(False, "label segments with a CLIP model (needs transformers and a local model)")
     clip_model: str = _param("", "'' (the labeller's default), a local folder or a model id in the local HF cache")
     vocabulary: str = _param("", "'' (the shipped vocabulary) or a vocabulary YAML path")
+    vocabulary_objects: list[str] = _param(
+        [], "object names for levels 1-3, replacing those of the vocabulary file; empty: the file's")
+    vocabulary_parts: list[str] = _param(
+        [], "part names for levels 4-6, replacing those of the vocabulary file; empty: the file's")
+    text_top_k: int = _param(
+        1, "masks a prompt's text keeps: per point, among its boxes' masks, or among the automatic masks of a "
+           "text-only prompt")
     error_log_period: float = _param(10.0, "seconds between two log lines of the same error cause")
     autostart: bool = _param(True, "configure and activate on start")
 
@@ -113,6 +124,11 @@ class NodeParams:
         need(self.max_stamp_diff > 0, f"max_stamp_diff must be > 0 s, got {self.max_stamp_diff}")
         need(self.label_image_level in LEVELS, f"label_image_level must lie in 1..6, got {self.label_image_level}")
         need(self.error_log_period >= 0, f"error_log_period must be >= 0 s, got {self.error_log_period}")
+        for name in ("vocabulary_objects", "vocabulary_parts"):
+            names = getattr(self, name)
+            need(all(isinstance(n, str) and n.strip() for n in names),
+                 f"{name} must be a list of non-empty names, got {list(names)}")
+        need(self.text_top_k >= 1, f"text_top_k must be >= 1, got {self.text_top_k}")
         return reasons
 
     @classmethod
@@ -128,8 +144,9 @@ class NodeParams:
 RUNTIME_PARAMS = frozenset({
     "mode", "auto_rate_hz", "auto_levels", "points_per_side", "auto_iou_threshold", "stability_threshold",
     "nms_iou", "score_threshold", "dedupe_iou", "min_region_area", "max_stamp_diff", "label_image_level",
-    "overlay_alpha", "error_log_period",
+    "overlay_alpha", "error_log_period", "vocabulary", "vocabulary_objects", "vocabulary_parts", "text_top_k",
 })
+VOCABULARY_PARAMS = ("vocabulary", "vocabulary_objects", "vocabulary_parts")
 
 
 @dataclass
@@ -169,16 +186,23 @@ class Hooks:
         frame's embedding and its ``set_image`` reuses it.
     annotate(rgb, segments) -> the same Segment objects, updated in place, with unique ids (and, with semantics,
         part-of links and labels); default: ids 0..N-1 in order.
-    select_text(segments, text, rgb) -> the segments matching ``text``; without it a prompt's text filters nothing
-        (and that is logged).
+    select_text(segments, text, rgb, point, top_k) -> at most ``top_k`` of ``segments`` that best match ``text``,
+        best first; with ``point`` (x, y) only masks holding that pixel compete. Without it a prompt's text
+        filters nothing (and that is logged).
     measure_3d(segments, depth_m, camera_info) -> one 3D result per segment.
+    set_vocabulary(file, objects, parts) -> whether the labeller's vocabulary changed: the vocabulary of a YAML
+        file ('' the shipped one) whose object / part names are replaced by non-empty ``objects`` / ``parts``;
+        ValueError when it cannot be used. None: no semantics.
+    class_names() -> (object names, part names) of the current vocabulary.
     """
 
     postprocess: Callable[..., list[Segment]]
     automatic: Callable[..., list[Segment]] | None = None
     annotate: Callable[[np.ndarray, list[Segment]], list[Segment]] | None = None
-    select_text: Callable[[list[Segment], str, np.ndarray], list[Segment]] | None = None
+    select_text: Callable[..., list[Segment]] | None = None
     measure_3d: Callable[[list[Segment], np.ndarray, Any], list[Segment3D]] | None = None
+    set_vocabulary: Callable[[str, Sequence[str], Sequence[str]], bool] | None = None
+    class_names: Callable[[], tuple[list[str], list[str]]] | None = None
 
 
 def number_segments(rgb: np.ndarray, segments: list[Segment]) -> list[Segment]:
@@ -305,16 +329,63 @@ class NodeCore:
 
     # --- called from subscription callbacks -------------------------------------------------------------------
 
-    def update_params(self, params: NodeParams) -> None:
-        """Apply new parameter values (ValueError with the reasons when they are invalid)."""
+    def update_params(self, params: NodeParams) -> bool:
+        """Apply new parameter values (ValueError with the reasons when they are invalid, nothing applied then).
+
+        Returns whether the labeller's vocabulary changed (its LabelInfo is then to be republished).
+        """
         reasons = params.validate()
         if reasons:
             raise ValueError("; ".join(reasons))
+        changed = False
+        wanted = tuple(getattr(params, name) for name in VOCABULARY_PARAMS)
+        current = tuple(getattr(self.params, name) for name in VOCABULARY_PARAMS)
+        if self.hooks.set_vocabulary is not None and wanted != current:
+            changed = self.hooks.set_vocabulary(*wanted)
         with self._lock:
             if params.auto_rate_hz != self.params.auto_rate_hz or params.mode != self.params.mode:
                 self._next_auto = float("-inf")
             self.params = params
             self.errors.period_s = params.error_log_period
+        return changed
+
+    def vocabulary_update(self, objects: Sequence[str], parts: Sequence[str]) -> NodeParams:
+        """The parameters after a set_vocabulary request: a non-empty list replaces the current object (part)
+        names, an empty one keeps them. ValueError when semantics is off or a name is empty."""
+        if self.hooks.set_vocabulary is None:
+            raise ValueError("semantics is off: set the parameter semantics to true (and configure again)")
+        params = replace(
+            self.params,
+            vocabulary_objects=list(objects) if len(objects) else list(self.params.vocabulary_objects),
+            vocabulary_parts=list(parts) if len(parts) else list(self.params.vocabulary_parts),
+        )
+        reasons = params.validate()
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        return params
+
+    def set_vocabulary(self, objects: Sequence[str], parts: Sequence[str]) -> tuple[bool, str]:
+        """A set_vocabulary request without ROS parameters (the node goes through its parameters instead):
+        (changed, a one-line summary). ValueError when it cannot be applied."""
+        changed = self.update_params(self.vocabulary_update(objects, parts))
+        return changed, self.vocabulary_summary(changed)
+
+    def vocabulary_names(self) -> tuple[list[str], list[str]]:
+        """(object names, part names) of the labeller's vocabulary; empty lists without semantics."""
+        return ([], []) if self.hooks.class_names is None else self.hooks.class_names()
+
+    def class_names(self) -> list[str]:
+        """"unknown", then the object and part names of the labeller's vocabulary (LabelInfo class ids 0..N-1)."""
+        objects, parts = self.vocabulary_names()
+        return ["unknown", *objects, *parts]
+
+    def vocabulary_summary(self, changed: bool) -> str:
+        """One line for the service reply and the log."""
+        if self.hooks.class_names is None:
+            return "no vocabulary (semantics is off)"
+        objects, parts = self.vocabulary_names()
+        state = "changed" if changed else "unchanged"
+        return f"vocabulary {state}: {len(objects)} objects, {len(parts)} parts"
 
     def submit_frame(self, image: Any, depth: Any | None = None, camera_info: Any | None = None) -> None:
         """A new camera frame (messages as received; decoded later by the worker)."""
@@ -544,25 +615,34 @@ class NodeCore:
 
         decode_start = time.perf_counter()
         owned: list[tuple[PromptRequest, list[Segment]]] = [(p, []) for p in valid]
-        items = [(k, "point", xy) for k, (p, _) in enumerate(owned) for xy in p.points]
-        items += [(k, "box", box) for k, (p, _) in enumerate(owned) for box in p.boxes]
+        origin: dict[int, int] = {}  # id(segment) -> index of its point in its prompt; -1: from a box
+        items = [(k, "point", xy, j) for k, (p, _) in enumerate(owned) for j, xy in enumerate(p.points)]
+        items += [(k, "box", box, -1) for k, (p, _) in enumerate(owned) for box in p.boxes]
         for begin in range(0, len(items), PROMPT_BATCH):
             chunk = items[begin: begin + PROMPT_BATCH]
             chunk.sort(key=lambda item: item[1] != "point")  # the predictor answers points first, then boxes
             points = np.array([c[2] for c in chunk if c[1] == "point"]).reshape(-1, 2)
             boxes = np.array([c[2] for c in chunk if c[1] == "box"]).reshape(-1, 4)
             pred = self.predictor.predict(points=points, boxes=boxes)
-            for row, (k, kind, coords) in enumerate(chunk):
+            for row, (k, kind, coords, j) in enumerate(chunk):
                 prompt, segs = owned[k]
                 levels = prompt.levels or LEVELS
                 cols = [level - 1 for level in levels]
                 point = (float(coords[0]), float(coords[1])) if kind == "point" else None
-                segs += self.hooks.postprocess(pred.mask_logits[row][cols], pred.iou_scores[row][cols], levels,
-                                               prompt.prompt_id, point, params)
+                new = self.hooks.postprocess(pred.mask_logits[row][cols], pred.iou_scores[row][cols], levels,
+                                             prompt.prompt_id, point, params)
+                origin.update((id(s), j) for s in new)
+                segs += new
+        runs: dict[tuple[int, ...], list[Segment]] = {}  # automatic masks by levels: AMG runs once per set
+        if auto:
+            runs[tuple(params.auto_levels)] = self._automatic(frame, tuple(params.auto_levels), -1)
         for prompt, segs in owned:
             if prompt.is_empty and prompt.text:  # text only: search the automatic masks
-                segs += self._automatic(frame, prompt.levels or tuple(params.auto_levels), prompt.prompt_id)
-        automatic = self._automatic(frame, tuple(params.auto_levels), -1) if auto else []
+                levels = prompt.levels or tuple(params.auto_levels)
+                if levels not in runs:
+                    runs[levels] = self._automatic(frame, levels, -1)
+                segs += [replace(s, prompt_id=prompt.prompt_id, child_ids=[], top_labels=[]) for s in runs[levels]]
+        automatic = runs.get(tuple(params.auto_levels), []) if auto else []
         decode_ms = (time.perf_counter() - decode_start) * 1000.0
 
         post_start = time.perf_counter()
@@ -574,7 +654,7 @@ class NodeCore:
                 self.errors.report("prompt/text_without_semantics",
                                    f"prompt {prompt.prompt_id}: text {prompt.text!r} ignored (semantics is off)")
             elif prompt.text:
-                keep = {id(s) for s in self.hooks.select_text(segs, prompt.text, frame.rgb)}
+                keep = self._select(prompt, segs, origin, frame.rgb)
                 removed |= {id(s) for s in segs if id(s) not in keep}
         segments = [s for s in segments if id(s) not in removed]
         _drop_dangling_links(segments)
@@ -589,6 +669,24 @@ class NodeCore:
         self.counters["results"] += 1
         self.rate.add(message.total_ms)
         return Output(frame, segments, message, results3d, valid)
+
+    def _select(self, prompt: PromptRequest, segs: list[Segment], origin: dict[int, int], rgb: np.ndarray) -> set[int]:
+        """ids (``id()``) of the masks of ``prompt`` its text keeps: the best ``text_top_k`` of each point's masks
+        holding that point, of its boxes' masks, and of the automatic masks of a text-only prompt."""
+        top_k = self.params.text_top_k
+        groups: list[tuple[list[Segment], tuple[float, float] | None]] = []
+        if prompt.is_empty:
+            groups.append((segs, None))
+        for j, (x, y) in enumerate(prompt.points):
+            groups.append(([s for s in segs if origin.get(id(s)) == j], (float(x), float(y))))
+        if len(prompt.boxes):
+            groups.append(([s for s in segs if origin.get(id(s)) == -1], None))
+        keep: set[int] = set()
+        for candidates, point in groups:
+            if candidates:
+                chosen = self.hooks.select_text(candidates, prompt.text, rgb, point, top_k)
+                keep |= {id(s) for s in chosen[:top_k]}
+        return keep
 
     def _automatic(self, frame: Frame, levels: Sequence[int], prompt_id: int) -> list[Segment]:
         if self.hooks.automatic is None:

@@ -23,6 +23,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -50,6 +51,7 @@ from semsam_ros.ros.markers import marker_array
 from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.pipeline import build_hooks, load_predictor
 from semsam_ros.srv import Segment as SegmentService
+from semsam_ros.srv import SetVocabulary
 
 try:  # optional: the Detection2DArray mirror and LabelInfo are published only when vision_msgs is installed
     from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -67,9 +69,15 @@ class SemsamNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("semsam", **kwargs)
+        defaults = NodeParams()
         for f in fields(NodeParams):
-            self.declare_parameter(f.name, getattr(NodeParams(), f.name),
-                                   ParameterDescriptor(description=f.metadata["doc"]))
+            default, descriptor = getattr(defaults, f.name), ParameterDescriptor(description=f.metadata["doc"])
+            if default == []:  # an empty list would be typed as a byte array: these are lists of names
+                self.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor)
+                if self.get_parameter_or(f.name).type_ == Parameter.Type.NOT_SET:  # not in the parameter file
+                    self.set_parameters([Parameter(f.name, Parameter.Type.STRING_ARRAY, [])])
+            else:
+                self.declare_parameter(f.name, default, descriptor)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._types = MessageTypes.from_rclpy()
         self._inputs = MutuallyExclusiveCallbackGroup()
@@ -107,7 +115,14 @@ class SemsamNode(LifecycleNode):
         if reasons:
             return SetParametersResult(successful=False, reason="; ".join(reasons))
         if self._core is not None:
-            self._core.update_params(candidate)
+            try:
+                vocabulary_changed = self._core.update_params(candidate)
+            except ValueError as exc:  # a vocabulary file that does not load
+                return SetParametersResult(successful=False, reason=str(exc))
+            if vocabulary_changed:
+                self.get_logger().info(self._core.vocabulary_summary(True))
+                if self._active and "label_info" in self._outputs:
+                    self._publish_label_info()
             later = sorted(set(ours) - RUNTIME_PARAMS)
             if later:
                 self.get_logger().info(f"{', '.join(later)} will apply at the next configure/activate")
@@ -218,6 +233,8 @@ class SemsamNode(LifecycleNode):
         self._service_handles = [
             self.create_service(SegmentService, "~/segment", self._on_segment, callback_group=self._reentrant),
             self.create_service(Trigger, "~/clear_prompts", self._on_clear_prompts, callback_group=self._inputs),
+            self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary,
+                                callback_group=self._inputs),
         ]
         self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._inputs)
 
@@ -314,6 +331,25 @@ class SemsamNode(LifecycleNode):
         response.success, response.message = True, f"cleared {count} sticky prompt(s)"
         return response
 
+    def _on_set_vocabulary(self, request: Any, response: Any) -> Any:
+        """Through the parameters, so that they always tell the vocabulary in use."""
+        core = self._core
+        try:
+            params = core.vocabulary_update(list(request.objects), list(request.parts))
+        except ValueError as exc:
+            response.success, response.message = False, str(exc)
+        else:
+            before = core.vocabulary_names()
+            names = ("vocabulary_objects", "vocabulary_parts")
+            changes = [Parameter(n, Parameter.Type.STRING_ARRAY, getattr(params, n)) for n in names
+                       if getattr(params, n) != getattr(core.params, n)]
+            result = self.set_parameters_atomically(changes) if changes else SetParametersResult(successful=True)
+            response.success = result.successful
+            response.message = (core.vocabulary_summary(core.vocabulary_names() != before) if result.successful
+                                else result.reason)
+        response.objects, response.parts = core.vocabulary_names()
+        return response
+
     # --- outputs ----------------------------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -351,9 +387,7 @@ class SemsamNode(LifecycleNode):
             self._outputs["detections"].publish(segments_to_detections(types, out.segments, header, out.results3d))
 
     def _publish_label_info(self) -> None:
-        names = ["unknown"]
-        if self._labeller is not None:
-            names += list(self._labeller.vocabulary.objects) + list(self._labeller.vocabulary.parts)
+        names = self._core.class_names()
         threshold = self._labeller.min_score if self._labeller is not None else 0.0
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._outputs["label_info"].publish(label_info(self._types, header, names, threshold))

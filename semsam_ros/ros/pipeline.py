@@ -5,7 +5,7 @@ Everything heavy (torch, the model, the automatic generator, semantics, geometry
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -64,19 +64,36 @@ def _automatic(predictor: Any, rgb: np.ndarray, levels: tuple[int, ...], params:
     return generator.generate_segments(rgb)
 
 
+def vocabulary_from_params(file: str, objects: Sequence[str], parts: Sequence[str]) -> Any:
+    """The Vocabulary of the node's parameters: ``file`` ('' the shipped one) with its object / part names
+    replaced by non-empty ``objects`` / ``parts``. ValueError naming the problem when it cannot be built."""
+    import yaml
+
+    from semsam_ros.semantics import Vocabulary, default_vocabulary
+
+    try:
+        base = Vocabulary.from_yaml(file) if file else default_vocabulary()
+        return Vocabulary.from_dict({"objects": list(objects), "parts": list(parts)}, base=base)
+    except (OSError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"vocabulary {file or '(shipped)'}: {type(exc).__name__}: {exc}") from exc
+
+
 def build_hooks(params: NodeParams, device: str, want_points: Callable[[], bool] = lambda: False) -> tuple[Hooks, Any]:
     """(Hooks, labeller or None): post-processing, automatic mode, part-of links (and labels with semantics), 3D.
 
-    ``want_points`` tells, per frame, whether the 3D step must keep each mask's points (for ~/points).
+    ``want_points`` tells, per frame, whether the 3D step must keep each mask's points (for ~/points). With
+    semantics, the vocabulary comes from the parameters ``vocabulary``, ``vocabulary_objects`` and
+    ``vocabulary_parts`` and can be replaced at run time (``Hooks.set_vocabulary``); text embeddings are computed
+    once per vocabulary (cached by content).
     """
     from semsam_ros.geometry import CameraModel, segments_to_3d
     from semsam_ros.semantics import build_hierarchy, select
 
     labeller = None
     if params.semantics:
-        from semsam_ros.semantics import DEFAULT_MODEL, RegionLabeller, Vocabulary
+        from semsam_ros.semantics import DEFAULT_MODEL, RegionLabeller
 
-        vocabulary = Vocabulary.from_yaml(params.vocabulary) if params.vocabulary else None
+        vocabulary = vocabulary_from_params(params.vocabulary, params.vocabulary_objects, params.vocabulary_parts)
         labeller = RegionLabeller(params.clip_model or DEFAULT_MODEL, vocabulary=vocabulary, device=device)
 
     def annotate(rgb: np.ndarray, segments: list) -> list:
@@ -85,18 +102,28 @@ def build_hooks(params: NodeParams, device: str, want_points: Callable[[], bool]
             labeller.label(rgb, ordered)
         return ordered
 
-    def select_text(segments: list, text: str, rgb: np.ndarray) -> list:
-        return [chosen.segment for chosen in select(segments, text, labeller, image=rgb, top_k=max(1, len(segments)))]
+    def select_text(segments: list, text: str, rgb: np.ndarray, point: tuple[float, float] | None,
+                    top_k: int) -> list:
+        return [chosen.segment for chosen in select(segments, text, labeller, point=point, image=rgb, top_k=top_k)]
+
+    def set_vocabulary(file: str, objects: Sequence[str], parts: Sequence[str]) -> bool:
+        return labeller.set_vocabulary(vocabulary_from_params(file, objects, parts))
+
+    def class_names() -> tuple[list[str], list[str]]:
+        return list(labeller.vocabulary.objects), list(labeller.vocabulary.parts)
 
     def measure_3d(segments: list, depth_m: np.ndarray, camera_info: Any) -> list:
         return segments_to_3d(segments, depth_m, CameraModel.from_camera_info(camera_info),
                               return_points=want_points())
 
+    semantics = labeller is not None
     hooks = Hooks(
         postprocess=_postprocess,
         automatic=_automatic,
         annotate=annotate,
-        select_text=select_text if labeller is not None else None,
+        select_text=select_text if semantics else None,
         measure_3d=measure_3d,
+        set_vocabulary=set_vocabulary if semantics else None,
+        class_names=class_names if semantics else None,
     )
     return hooks, labeller
