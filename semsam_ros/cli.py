@@ -113,12 +113,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def load_predictor(args: argparse.Namespace) -> Any:
-    """semsam_ros.Predictor for --checkpoint/--config/--device/--input-size; UserError when they are wrong."""
+def resolve_device(args: argparse.Namespace) -> Any:
+    """torch.device of --device; UserError when it is malformed or not available."""
     import torch
-
-    from semsam_ros.checkpoint import CheckpointError, load_model
-    from semsam_ros.inference.predictor import Predictor
 
     try:
         device = torch.device(args.device)
@@ -126,6 +123,17 @@ def load_predictor(args: argparse.Namespace) -> Any:
         raise UserError(f"bad --device {args.device!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available")
+    return device
+
+
+def load_predictor(args: argparse.Namespace) -> Any:
+    """semsam_ros.Predictor for --checkpoint/--config/--device/--input-size; UserError when they are wrong."""
+    import torch
+
+    from semsam_ros.checkpoint import CheckpointError, load_model
+    from semsam_ros.inference.predictor import Predictor
+
+    device = resolve_device(args)
     if args.input_size < 32:
         raise UserError(f"--input-size must be at least 32, got {args.input_size}")
     try:
@@ -152,6 +160,130 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# semantics (segment and auto) ---------------------------------------------------------------------------------
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"  # semsam_ros.semantics.DEFAULT_MODEL, without importing torch
+KIND_NAMES = {0: "unknown", 1: "object", 2: "part"}
+
+
+def parse_names(text: str) -> list[str]:
+    """'mug,kettle lid,drawer': comma-separated names."""
+    names = [" ".join(n.split()) for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"names must be comma-separated and non-empty, like mug,bottle; got {text!r}")
+    return names
+
+
+def _semantics_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("semantics", "labels and text selection with a CLIP model (needs transformers "
+                                      "and a CLIP model on this machine; see docs/semantics.md)")
+    group.add_argument("--labels", action="store_true",
+                       help="label every kept mask: object names for levels 1-3, part names for levels 4-6")
+    group.add_argument("--text", metavar="TEXT",
+                       help='keep the masks that best match TEXT, e.g. "handle", "mug lid" (labels them all too)')
+    group.add_argument("--text-top-k", type=int, default=3, metavar="K", help="matches kept for --text (default: 3)")
+    group.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="DIR|ID",
+                       help=f"a CLIP model folder, or a model id in the local Hugging Face cache "
+                            f"(default: {DEFAULT_CLIP_MODEL})")
+    group.add_argument("--download-clip", action="store_true",
+                       help="download the CLIP model from the Hugging Face Hub if it is not cached")
+    group.add_argument("--vocabulary", metavar="YAML", help="vocabulary file (default: the shipped one)")
+    group.add_argument("--objects", type=parse_names, metavar="A,B", help="object names replacing the vocabulary's")
+    group.add_argument("--parts", type=parse_names, metavar="A,B", help="part names replacing the vocabulary's")
+    group.add_argument("--min-label-score", type=float, default=0.3,
+                       help='a mask whose best label scores below this is labelled "unknown" (default: 0.3)')
+
+
+def check_semantics(args: argparse.Namespace) -> Any:
+    """The Vocabulary for --labels/--text (None when neither is given), after the cheap checks: the query, the
+    options, transformers and the vocabulary. UserError naming what to do otherwise."""
+    if not (args.labels or args.text is not None):
+        return None
+    import yaml
+
+    from semsam_ros.semantics import Vocabulary, default_vocabulary, parse_query
+    from semsam_ros.semantics.labeller import _require_transformers
+
+    if args.text is not None:
+        try:
+            parse_query(args.text)
+        except ValueError:
+            raise UserError(f"--text {args.text!r} names nothing to select") from None
+    if args.text_top_k < 1:
+        raise UserError(f"--text-top-k must be at least 1, got {args.text_top_k}")
+    if not 0.0 <= args.min_label_score <= 1.0:
+        raise UserError(f"--min-label-score must lie in [0, 1], got {args.min_label_score}")
+    try:
+        _require_transformers()
+    except ImportError:
+        raise UserError("--labels and --text need Hugging Face transformers: pip install 'transformers>=4.40' "
+                        "(or pip install 'semsam_ros[semantics]')") from None
+    try:
+        base = Vocabulary.from_yaml(args.vocabulary) if args.vocabulary else default_vocabulary()
+        return Vocabulary.from_dict({"objects": args.objects, "parts": args.parts}, base=base)
+    except FileNotFoundError as exc:
+        raise UserError(f"vocabulary not found: {exc.filename or exc}") from None
+    except (OSError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"bad vocabulary {args.vocabulary or '(shipped)'}: {exc}") from None
+
+
+def load_labeller(args: argparse.Namespace, vocabulary: Any) -> Any:
+    """RegionLabeller for --clip-model on --device; UserError (one line, what to do) when it does not load."""
+    from semsam_ros.semantics import RegionLabeller
+
+    from transformers.utils import logging as hf_logging
+
+    device = resolve_device(args)
+    source = args.clip_model
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        return RegionLabeller(source, vocabulary=vocabulary, device=device, allow_download=args.download_clip,
+                              min_score=args.min_label_score)
+    except (OSError, ValueError) as exc:
+        if Path(source).is_dir():
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot load a CLIP model from the folder {source}: {reason}") from None
+        if args.download_clip:
+            raise UserError(f"cannot download the CLIP model {source!r}: {one_line(str(exc), 200)}") from None
+        raise UserError(
+            f"the CLIP model {source!r} is not on this machine: download it once with `hf download {source}`, "
+            "pass --clip-model DIR (a folder saved with save_pretrained), or add --download-clip"
+        ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def annotate_segments(image: np.ndarray, segments: list, labeller: Any) -> None:
+    """Part-of links (ids = positions in ``segments``) and labels, in place."""
+    from semsam_ros.semantics import build_hierarchy
+
+    build_hierarchy(segments, order="given")
+    labeller.label(image, segments)
+
+
+def semantic_fields(seg: Any) -> dict[str, Any]:
+    """What --labels adds to a mask's JSON record."""
+    return {
+        "id": seg.id, "parent_id": seg.parent_id, "child_ids": list(seg.child_ids), "kind": KIND_NAMES[seg.kind],
+        "label": seg.label, "label_score": seg.label_score,
+        "top_labels": [[name, score] for name, score in seg.top_labels],
+    }
+
+
+def match_record(selection: Any) -> dict[str, Any]:
+    """One --text match in the JSON: the mask's id, level and label, and its scores."""
+    seg = selection.segment
+    return {"id": seg.id, "level": seg.level, "label": seg.label, "score": selection.score,
+            "similarity": selection.similarity, "match": selection.match}
+
+
+def text_caption(selection: Any) -> str:
+    return f"{selection.segment.label} {selection.score:.2f}"
+
+
 # segment -------------------------------------------------------------------------------------------------------
 
 
@@ -171,6 +303,7 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="remove islands smaller than this (default: 100)")
     parser.add_argument("--sort", choices=("score", "area"), default="score",
                         help="segment order: descending score or ascending area (default: score)")
+    _semantics_arguments(parser)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
@@ -190,7 +323,12 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     params = PostprocessParams(iou_threshold=args.iou_threshold, dedupe_iou=args.dedupe_iou,
                                hole_area=args.hole_area, island_area=args.island_area, sort=args.sort)
-    with _steps(4, "semsam segment", args.quiet) as bar:
+    vocabulary = check_semantics(args)
+    with _steps(4 + (vocabulary is not None), "semsam segment", args.quiet) as bar:
+        labeller = None
+        if vocabulary is not None:  # before the model: a missing CLIP model fails fast
+            labeller = load_labeller(args, vocabulary)
+            bar.update()
         predictor = load_predictor(args)
         bar.update()
         predictor.set_image(image)
@@ -201,31 +339,60 @@ def _run_segment(args: argparse.Namespace) -> int:
         columns = [level - 1 for level in args.levels]
         prompts: list[dict[str, Any]] = [{"id": i, "point": list(p)} for i, p in enumerate(args.point)]
         prompts += [{"id": len(prompts) + i, "box": list(b)} for i, b in enumerate(args.box)]
+        per_prompt = []
         for i, prompt in enumerate(prompts):
             point = tuple(prompt["point"]) if "point" in prompt else None
-            segments = postprocess_prompt(pred.mask_logits[i, columns], pred.iou_scores[i, columns], params,
-                                          prompt_id=i, point=point, levels=args.levels)
+            per_prompt.append(postprocess_prompt(pred.mask_logits[i, columns], pred.iou_scores[i, columns], params,
+                                                 prompt_id=i, point=point, levels=args.levels))
+        if labeller is not None:  # part-of links and labels across all prompts
+            annotate_segments(image, [s for segments in per_prompt for s in segments], labeller)
+        selected, captions = [], []
+        for i, (prompt, segments) in enumerate(zip(prompts, per_prompt)):
+            point = tuple(prompt["point"]) if "point" in prompt else None
             markers = {"points": [point]} if point else {"boxes": [prompt["box"]]}
             prompt.update(overlay=f"prompt{i}_overlay.png", level_grid=f"prompt{i}_levels.png", segments=[])
-            Image.fromarray(render_overlay(image, segments, **markers)).save(args.out / prompt["overlay"])
+            labels = None if labeller is None else [f"L{s.level} {s.label} {s.label_score:.2f}" for s in segments]
+            overlay = render_overlay(image, segments, captions=labels, **markers)
+            Image.fromarray(overlay).save(args.out / prompt["overlay"])
             grid = render_level_grid(image, segments, args.levels, **markers)
             Image.fromarray(grid).save(args.out / prompt["level_grid"])
             for seg in segments:
                 name = f"prompt{i}_level{seg.level}.png"
                 Image.fromarray(seg.mask.astype(np.uint8) * 255).save(args.out / name)
-                prompt["segments"].append({
+                record = {
                     "level": seg.level, "iou_score": seg.iou_score, "area": seg.area, "raw_area": seg.raw_area,
                     "bbox": list(seg.bbox), "centroid": [_finite(c) for c in seg.centroid], "mask": name,
-                })
+                }
+                prompt["segments"].append(record | (semantic_fields(seg) if labeller is not None else {}))
+            if args.text is not None:  # the prompt's own masks, those holding its point for a click
+                from semsam_ros.semantics import select
+
+                chosen = select(segments, args.text, labeller, point=point, top_k=args.text_top_k, image=image)
+                masks = {id(s): r["mask"] for s, r in zip(segments, prompt["segments"])}
+                prompt["text_matches"] = [match_record(c) | {"mask": masks[id(c.segment)]} for c in chosen]
+                selected += [c.segment for c in chosen]
+                captions += [text_caption(c) for c in chosen]
         summary = {
             "image": str(args.image), "image_size": [height, width], "checkpoint": str(args.checkpoint),
             "model_id": predictor.model.model_id, "levels": list(args.levels),
             "postprocess": asdict(params), "prompts": prompts,
         }
+        if labeller is not None:
+            summary["clip_model"] = labeller.model_id
+        if args.text is not None:
+            overlay = render_overlay(image, selected, points=args.point, boxes=args.box, captions=captions)
+            Image.fromarray(overlay).save(args.out / "text_overlay.png")
+            summary["text"] = {"query": args.text, "top_k": args.text_top_k, "overlay": "text_overlay.png"}
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         bar.update()
     kept = sum(len(p["segments"]) for p in prompts)
     print(f"{len(prompts)} prompt(s), {kept} mask(s) kept; wrote {args.out / 'summary.json'}")
+    if args.text is not None:
+        for prompt in prompts:
+            best = prompt["text_matches"][0] if prompt["text_matches"] else None
+            found = (f"level {best['level']} ({best['label']}), score {best['score']:.3f}, {best['mask']}" if best
+                     else "no mask holds the point")
+            print(f"prompt {prompt['id']}: {args.text!r} -> {found}")
     return 0
 
 
@@ -242,6 +409,7 @@ def _auto_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-nms-thresh", type=float, default=0.7, help="(default: 0.7)")
     parser.add_argument("--min-mask-region-area", type=int, default=10, help="(default: 10; 0 disables)")
     parser.add_argument("--crop-n-layers", type=int, default=0, help="extra layers of image crops (default: 0)")
+    _semantics_arguments(parser)
 
 
 def _run_auto(args: argparse.Namespace) -> int:
@@ -253,7 +421,12 @@ def _run_auto(args: argparse.Namespace) -> int:
     from semsam_ros.inference.segments import make_segment
 
     image = read_image(args.image)
-    with _steps(1, "semsam auto: load model", args.quiet) as bar:
+    vocabulary = check_semantics(args)
+    with _steps(1 + (vocabulary is not None), "semsam auto: load model", args.quiet) as bar:
+        labeller = None
+        if vocabulary is not None:
+            labeller = load_labeller(args, vocabulary)
+            bar.update()
         predictor = load_predictor(args)
         bar.update()
     try:
@@ -272,13 +445,35 @@ def _run_auto(args: argparse.Namespace) -> int:
                 for i, r in enumerate(records)]
     Image.fromarray(render_overlay(image, segments, text=False)).save(args.out / "overlay.png")
     height, width = image.shape[:2]
-    coco = {
+    annotations = [{"id": i, **r} for i, r in enumerate(records)]
+    coco: dict[str, Any] = {
         "image": {"file_name": str(args.image), "height": height, "width": width},
         "checkpoint": str(args.checkpoint), "model_id": predictor.model.model_id, "levels": list(args.levels),
-        "annotations": [{"id": i, **r} for i, r in enumerate(records)],
+        "annotations": annotations,
     }
+    if labeller is not None:
+        annotate_segments(image, segments, labeller)  # ids stay the annotation ids
+        for ann, seg in zip(annotations, segments):
+            ann.update(semantic_fields(seg))
+        coco["clip_model"] = labeller.model_id
+    written = [args.out / "masks.json", args.out / "overlay.png"]
+    best = None
+    if args.text is not None:  # no point: every automatic mask competes
+        from semsam_ros.semantics import select
+
+        chosen = select(segments, args.text, labeller, top_k=args.text_top_k, image=image)
+        overlay = render_overlay(image, [c.segment for c in chosen], captions=[text_caption(c) for c in chosen])
+        Image.fromarray(overlay).save(args.out / "text_overlay.png")
+        coco["text"] = {"query": args.text, "top_k": args.text_top_k, "overlay": "text_overlay.png",
+                        "matches": [match_record(c) for c in chosen]}
+        written.append(args.out / "text_overlay.png")
+        best = coco["text"]["matches"][0] if chosen else None
     (args.out / "masks.json").write_text(json.dumps(coco), encoding="utf-8")
-    print(f"{len(records)} mask(s); wrote {args.out / 'masks.json'} and {args.out / 'overlay.png'}")
+    print(f"{len(records)} mask(s); wrote {' and '.join(str(w) for w in written)}")
+    if args.text is not None:
+        found = (f"mask {best['id']}, level {best['level']} ({best['label']}), score {best['score']:.3f}" if best
+                 else "no mask")
+        print(f"{args.text!r} -> {found}")
     return 0
 
 

@@ -172,3 +172,126 @@ def test_console_entry_point(files: dict[str, Path], tmp_path: Path) -> None:
                           "--point", "1,1", "--checkpoint", str(files["ckpt"]), "--out", str(tmp_path)],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and bad.stderr == f"semsam: error: image not found: {tmp_path / 'none.png'}\n"
+
+
+# --- semantics: --labels and --text with a tiny random CLIP ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("transformers")
+    from semsam_ros.semantics.testing import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+SEMANTIC_KEYS = {"id", "parent_id", "child_ids", "kind", "label", "label_score", "top_labels"}
+
+
+def check_labels(records: list[dict]) -> None:
+    """Label fields of --labels, and part-of links that point at records of the same file."""
+    by_id = {r["id"]: r for r in records}
+    assert len(by_id) == len(records)
+    for r in records:
+        assert r["kind"] == ("object" if r["level"] <= 3 else "part")
+        names = [name for name, _ in r["top_labels"]]
+        assert r["label"] in names + ["unknown"] and 0.0 <= r["label_score"] <= 1.0
+        if r["parent_id"] >= 0:
+            assert r["id"] in by_id[r["parent_id"]]["child_ids"]
+        assert all(by_id[c]["parent_id"] == r["id"] for c in r["child_ids"])
+
+
+def test_segment_with_labels_and_text(files: dict[str, Path], clip: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "text"
+    status, stdout, err = run(capsys, "segment", files["image"], "--point", "55,45", "--box", "5,5,60,40",
+                              "--text", "mug handle", "--text-top-k", "2", "--parts", "handle,lid",
+                              "--clip-model", clip, "--checkpoint", files["ckpt"], "--input-size", "64",
+                              "--iou-threshold", "-1", "--out", out, "-q")
+    assert status == 0 and err == "", err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["text"] == {"query": "mug handle", "top_k": 2, "overlay": "text_overlay.png"}
+    assert summary["clip_model"] == str(clip.resolve())
+    assert Image.open(out / "text_overlay.png").size == (96, 72)
+    records = [s for p in summary["prompts"] for s in p["segments"]]
+    assert all(set(r) >= SEMANTIC_KEYS for r in records)
+    assert sorted(r["id"] for r in records) == list(range(len(records)))  # one id space over all prompts
+    check_labels(records)
+    assert {n for r in records if r["kind"] == "part" for n, _ in r["top_labels"]} <= {"handle", "lid"}
+    click, box = summary["prompts"]
+    # a click's masks compete only when they hold the click (random weights: maybe none does)
+    holding = [r for r in click["segments"] if np.asarray(Image.open(out / r["mask"]))[45, 55] > 0]
+    assert len(click["segments"]) > len(holding) and len(click["text_matches"]) == min(2, len(holding))
+    assert {m["id"] for m in click["text_matches"]} <= {r["id"] for r in holding}
+    assert len(box["text_matches"]) == min(2, len(box["segments"])) >= 1
+    for prompt in (click, box):
+        matches = prompt["text_matches"]
+        assert matches == sorted(matches, key=lambda m: -m["score"])
+        ids = {r["id"]: r for r in prompt["segments"]}
+        for m in matches:
+            assert m["id"] in ids and m["mask"] == ids[m["id"]]["mask"] and m["level"] == ids[m["id"]]["level"]
+            assert m["score"] == pytest.approx(m["similarity"] + 0.1 * m["match"])
+    assert ("prompt 0: 'mug handle' -> " + ("level" if holding else "no mask holds the point")) in stdout
+    assert "prompt 1: 'mug handle' -> level" in stdout
+
+
+def test_segment_with_labels_only(files: dict[str, Path], clip: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "labels"
+    status, _, err = run(capsys, "segment", files["image"], "--point", "30,20", "--labels", "--clip-model", clip,
+                         "--levels", "2,5", "--checkpoint", files["ckpt"], "--input-size", "64",
+                         "--iou-threshold", "-1", "--out", out, "-q")
+    assert status == 0 and err == "", err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "text" not in summary and "text_matches" not in summary["prompts"][0]
+    check_labels(summary["prompts"][0]["segments"])
+    assert not (out / "text_overlay.png").exists()
+
+
+def test_auto_with_labels_and_text(files: dict[str, Path], clip: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "auto_text"
+    status, stdout, err = run(capsys, "auto", files["image"], "--labels", "--text", "lid", "--clip-model", clip,
+                              "--checkpoint", files["ckpt"], "--out", out, "--input-size", "64",
+                              "--points-per-side", "3", "--levels", "2,5", "--pred-iou-thresh", "-1",
+                              "--stability-score-thresh", "0", "-q")
+    assert status == 0 and err == "", err
+    coco = json.loads((out / "masks.json").read_text())
+    annotations = coco["annotations"]
+    assert annotations and all(set(a) >= SEMANTIC_KEYS for a in annotations)
+    assert [a["id"] for a in annotations] == list(range(len(annotations)))
+    check_labels(annotations)
+    matches = coco["text"]["matches"]
+    assert coco["text"]["query"] == "lid" and 1 <= len(matches) <= min(3, len(annotations))
+    assert all(m["level"] == annotations[m["id"]]["level"] for m in matches)
+    assert Image.open(out / "text_overlay.png").size == (96, 72)
+    assert f"'lid' -> mask {matches[0]['id']}" in stdout
+
+
+def test_semantics_mistakes_are_one_line_errors(files: dict[str, Path], clip: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["--checkpoint", files["ckpt"], "--input-size", "64", "--out", tmp_path / "out", "-q"]
+    cases = [
+        (["segment", files["image"], "--point", "1,1", "--text", "the", "--clip-model", clip], 1,
+         "--text 'the' names nothing to select"),
+        (["segment", files["image"], "--point", "1,1", "--labels", "--clip-model", "nobody/no-such-clip"], 1,
+         "the CLIP model 'nobody/no-such-clip' is not on this machine: download it once with "
+         "`hf download nobody/no-such-clip`"),
+        (["auto", files["image"], "--labels", "--clip-model", files["root"]], 1,
+         f"cannot load a CLIP model from the folder {files['root']}"),
+        (["segment", files["image"], "--point", "1,1", "--labels", "--vocabulary", tmp_path / "none.yaml"], 1,
+         "vocabulary not found"),
+        (["segment", files["image"], "--point", "1,1", "--text", "lid", "--text-top-k", "0"], 1,
+         "--text-top-k must be at least 1"),
+        (["segment", files["image"], "--point", "1,1", "--labels", "--parts", "handle,,lid"], 2,
+         "names must be comma-separated and non-empty"),
+    ]
+    for argv, status, message in cases:
+        got, stdout, err = run(capsys, *argv, *base)
+        assert got == status and stdout == "", (argv, err)
+        assert err.startswith("semsam: error: ") and err.count("\n") == 1 and message in err, err
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    got, _, err = run(capsys, "auto", files["image"], "--text", "lid", "--clip-model", clip, *base)
+    assert got == 1 and "need Hugging Face transformers: pip install 'transformers>=4.40'" in err
+    assert not (tmp_path / "out").exists()

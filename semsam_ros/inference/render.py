@@ -66,10 +66,14 @@ def render_overlay(
     boxes: Sequence[Sequence[float]] = (),
     alpha: float = 0.5,
     text: bool = True,
+    captions: Sequence[str] | None = None,
 ) -> np.ndarray:
     """HxWx3 uint8: masks blended in ``segment_color(segment.id)`` (largest first, so small ones stay visible),
-    their contours, "L<level> <score>" at each box corner, and the prompts."""
+    their contours, "L<level> <score>" (or ``captions``, one per segment) at each box corner, and the prompts."""
     out = np.asarray(image, dtype=np.float32).copy()
+    if captions is not None and len(captions) != len(segments):
+        raise ValueError(f"{len(captions)} captions for {len(segments)} segments")
+    caption_of = {id(s): c for s, c in zip(segments, captions)} if captions is not None else {}
     ordered = sorted(segments, key=lambda s: -s.area)
     for seg in ordered:
         color = np.array(segment_color(seg.id), dtype=np.float32)
@@ -81,7 +85,8 @@ def render_overlay(
         font = _font(pil.width)
         for seg in ordered:
             if seg.area:
-                _draw_text(draw, (seg.bbox[0], seg.bbox[1]), _label(seg), segment_color(seg.id), font)
+                caption = caption_of.get(id(seg)) or _label(seg)
+                _draw_text(draw, (seg.bbox[0], seg.bbox[1]), caption, segment_color(seg.id), font)
     draw_prompts(draw, points, boxes)
     return np.asarray(pil)
 
