@@ -373,8 +373,11 @@ class SemsamNode(LifecycleNode):
         if self._wanted("overlay"):
             points = [xy for p in out.prompts for xy in p.points]
             boxes = [box for p in out.prompts for box in p.boxes]
+            captions = None  # with semantics: the labels instead of the IoU scores
+            if self._labeller is not None:
+                captions = [f"L{s.level} {s.label} {s.label_score:.2f}" for s in out.segments]
             overlay = render_overlay(out.frame.rgb, out.segments, points=points, boxes=boxes,
-                                     alpha=params.overlay_alpha)
+                                     alpha=params.overlay_alpha, captions=captions)
             self._outputs["overlay"].publish(rgb_to_image(types, overlay, header))
         if self._wanted("label_image"):
             labels = label_array(out.segments, out.frame.rgb.shape[:2], params.label_image_level)
