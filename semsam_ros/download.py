@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,15 +13,13 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from semsam_ros.resources import find_data_file
+
 RELEASE_URLS: dict[str, str] = {
     "swint": "https://github.com/UX-Decoder/Semantic-SAM/releases/download/checkpoint/swint_only_sam_many2many.pth",
     "swinl": "https://github.com/UX-Decoder/Semantic-SAM/releases/download/checkpoint/swinl_only_sam_many2many.pth",
 }
-# models/checkpoints.yaml pins the sha256 of each release file; searched in the source tree, then the install prefix
-PIN_FILES = (
-    Path(__file__).resolve().parent.parent / "models" / "checkpoints.yaml",
-    Path(sys.prefix) / "share" / "semsam_ros" / "models" / "checkpoints.yaml",
-)
+PIN_FILE = "models/checkpoints.yaml"  # the sha256 pinned for each release file
 _CHUNK = 1 << 20
 
 
@@ -39,11 +36,12 @@ def cache_dir(override: str | Path | None = None) -> Path:
 
 def pinned_sha256(name: str) -> str | None:
     """The sha256 pinned for release ``name`` in models/checkpoints.yaml, or None when not known."""
-    for path in PIN_FILES:
-        if path.is_file():
-            entry = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(name) or {}
-            return entry.get("sha256") or None
-    return None
+    try:
+        path = find_data_file(PIN_FILE)
+    except FileNotFoundError:
+        return None
+    entry = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(name) or {}
+    return entry.get("sha256") or None
 
 
 def file_sha256(path: Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semsam_ros import download
+from semsam_ros import download, resources
 from semsam_ros.cli import main
 from semsam_ros.download import DownloadError, download_checkpoint, pinned_sha256
 
@@ -132,9 +132,10 @@ def test_http_and_connection_errors(server: Server, tmp_path: Path) -> None:
 
 def test_pins_and_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert pinned_sha256("swint") is None  # models/checkpoints.yaml: not pinned yet
-    pins = tmp_path / "checkpoints.yaml"
+    pins = tmp_path / "models" / "checkpoints.yaml"
+    pins.parent.mkdir()
     pins.write_text(f"swint:\n  file: {FILE}\n  sha256: {SHA}\nswinl:\n  sha256: null\n")
-    monkeypatch.setattr(download, "PIN_FILES", (tmp_path / "absent.yaml", pins))
+    monkeypatch.setattr(resources, "share_dirs", lambda: [tmp_path / "absent", tmp_path])
     assert pinned_sha256("swint") == SHA and pinned_sha256("swinl") is None
     monkeypatch.setenv("SEMSAM_CACHE", str(tmp_path / "env"))
     assert download.cache_dir() == tmp_path / "env" and download.cache_dir(tmp_path / "x") == tmp_path / "x"

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from semsam_ros.ros import typestore as ts_module  # noqa: E402
+from semsam_ros.resources import share_dirs  # noqa: E402
 from semsam_ros.ros.typestore import find_interface_dir, interface_types, make_typestore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_interfaces_found_through_the_ament_index(tmp_path, monkeypatch):
     (share / "ament_index/resource_index/packages/semsam_ros").touch()
     shutil.copytree(ROOT / "msg", share / "semsam_ros/msg")
     monkeypatch.setenv("AMENT_PREFIX_PATH", f"/nonexistent:{tmp_path}")
-    assert share / "semsam_ros" in ts_module._candidate_dirs()
+    assert share / "semsam_ros" in share_dirs()
     types = interface_types(share / "semsam_ros")
     assert sorted(types) == ["semsam_ros/msg/Prompt", "semsam_ros/msg/Segment", "semsam_ros/msg/SegmentArray"]
 

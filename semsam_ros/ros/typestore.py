@@ -7,10 +7,7 @@ messages ``semsam_ros/srv/Foo_Request`` and ``semsam_ros/srv/Foo_Response`` (the
 """
 from __future__ import annotations
 
-import os
 import re
-import site
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,31 +15,16 @@ from typing import Any
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from semsam_ros.resources import PACKAGE, find_data_file
 from semsam_ros.ros.msgtypes import MessageTypes
 
-PACKAGE = "semsam_ros"
 STORES = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY}
 _SRV_SEPARATOR = re.compile(r"^---[ \t]*$", re.MULTILINE)
 
 
-def _candidate_dirs() -> list[Path]:
-    """Directories that may hold our ``msg/`` and ``srv/``, in the order they are tried."""
-    candidates = [Path(__file__).resolve().parents[2]]  # source checkout: <root>/semsam_ros/ros/typestore.py
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix and (Path(prefix) / "share/ament_index/resource_index/packages" / PACKAGE).is_file():
-            candidates.append(Path(prefix) / "share" / PACKAGE)
-    candidates += [Path(sys.prefix) / "share" / PACKAGE, Path(site.getuserbase()) / "share" / PACKAGE]
-    return candidates
-
-
 def find_interface_dir() -> Path:
     """The directory whose ``msg/`` holds our message definitions; FileNotFoundError naming the places tried."""
-    candidates = _candidate_dirs()
-    for path in candidates:
-        if (path / "msg" / "SegmentArray.msg").is_file():
-            return path
-    tried = ", ".join(str(p) for p in candidates)
-    raise FileNotFoundError(f"semsam_ros interface definitions (msg/SegmentArray.msg) not found; tried {tried}")
+    return find_data_file("msg/SegmentArray.msg").parents[1]
 
 
 @lru_cache(maxsize=None)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import site
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from semsam_ros.resources import find_data_file
 
 VOCABULARY_FILE = "vocabulary.yaml"
 
@@ -109,30 +109,9 @@ class Vocabulary:
             yaml.safe_dump(self.to_dict(), f, sort_keys=False, allow_unicode=True)
 
 
-def vocabulary_search_paths() -> list[Path]:
-    """Where the default ``vocabulary.yaml`` is looked for, in order.
-
-    The source tree (``<repo>/config``), then the ``share/semsam_ros/config`` folders that ``pip install``
-    (prefix or user base) and colcon (``AMENT_PREFIX_PATH``) install it into.
-    """
-    share = Path("share", "semsam_ros", "config", VOCABULARY_FILE)
-    paths = [Path(__file__).resolve().parents[2] / "config" / VOCABULARY_FILE, Path(sys.prefix) / share]
-    if site.USER_BASE:
-        paths.append(Path(site.USER_BASE) / share)
-    paths += [Path(p) / share for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    return paths
-
-
 def default_vocabulary_path() -> Path:
     """The shipped ``config/vocabulary.yaml``; FileNotFoundError lists where it was looked for."""
-    paths = vocabulary_search_paths()
-    for path in paths:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        "default vocabulary not found; looked in " + ", ".join(str(p) for p in paths)
-        + ". Pass a vocabulary (Vocabulary.from_yaml / from_dict) explicitly."
-    )
+    return find_data_file(f"config/{VOCABULARY_FILE}")
 
 
 def default_vocabulary() -> Vocabulary:
