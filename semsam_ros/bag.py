@@ -191,10 +191,10 @@ def _yaml_prompt(entry: Any, index: int, default_levels: Sequence[int], where: s
     prompt_id = entry.get("id", index)
     if not isinstance(text, str):
         raise BagError(f"{where}: text must be a string, got {text!r}")
-    if not (isinstance(levels, list) and all(isinstance(v, int) and v in LEVELS for v in levels)
+    if not (isinstance(levels, list) and all(type(v) is int and v in LEVELS for v in levels)
             and len(set(levels)) == len(levels)):
         raise BagError(f"{where}: levels must be a list of distinct levels among 1..6, got {levels!r}")
-    if not isinstance(prompt_id, int) or isinstance(prompt_id, bool) or prompt_id < 0:
+    if type(prompt_id) is not int or prompt_id < 0:
         raise BagError(f"{where}: id must be an integer >= 0, got {prompt_id!r}")
     if len(points) == 0 and len(boxes) == 0 and not text:
         raise BagError(f"{where}: a prompt needs at least one point, box or text")
@@ -482,6 +482,12 @@ class _BagRun:
             _require_topic(topics, topic, IMAGE_TYPES, "image")
         if len(options.image_topics) > 1 and (options.segments_topic or options.overlay_topic):
             raise BagError("--segments-topic and --overlay-topic need a single --image-topic")
+        for what, mapping in (("prompts", options.prompts), ("prompt_topics", options.prompt_topics),
+                              ("depth_topics", options.depth_topics),
+                              ("camera_info_topics", options.camera_info_topics)):
+            unknown = sorted(set(mapping) - set(options.image_topics))
+            if unknown:
+                raise BagError(f"{what} names {unknown[0]}, which is not one of the image topics")
         taken = set(topics)
         for topic in options.image_topics:
             names = output_topics(topic)

@@ -392,8 +392,10 @@ def test_3d_outputs_with_geometry_and_depth_logged_after_the_image(tmp_path, pre
                 assert seg.pose.position.z == pytest.approx(k + 1) and seg.point_count == seg.area
 
 
-def test_without_geometry_3d_is_skipped_with_one_log_line(mixed_bag, predictor, tmp_path, monkeypatch):
-    monkeypatch.delattr(semsam_ros.geometry, "CameraModel", raising=False)
+def test_options_that_do_not_fit_the_bag_write_nothing(mixed_bag, predictor, tmp_path, monkeypatch):
+    with pytest.raises(BagError, match="prompts names /x, which is not one of the image topics"):
+        process_bag(mixed_bag, tmp_path / "x", predictor, BagOptions([CAM], prompts={"/x": []}))
+    monkeypatch.delattr(semsam_ros.geometry, "CameraModel", raising=False)  # without geometry: one log line
     logs: list[str] = []
     with pytest.raises(BagError, match="camera_info topic /cam/camera_info is not in the bag"):
         process_bag(mixed_bag, tmp_path / "x", predictor,

@@ -5,7 +5,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from semsam_ros.config import LEVELS
 from semsam_ros.inference.palette import segment_color
@@ -25,8 +24,19 @@ def _font(image_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def mask_contour(mask: np.ndarray) -> np.ndarray:
-    """Bool HxW: the mask pixels with a background 8-neighbour (or on the image border)."""
-    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), dtype=bool), border_value=0)
+    """Bool HxW: the mask pixels with a background 8-neighbour (or on the image border).
+
+    A 3x3 erosion as eight shifted ANDs of the zero-padded mask (several times faster than scipy's).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    height, width = mask.shape
+    padded = np.pad(mask, 1)
+    eroded = mask.copy()
+    for dy in range(3):
+        for dx in range(3):
+            if (dy, dx) != (1, 1):
+                eroded &= padded[dy:dy + height, dx:dx + width]
+    return mask & ~eroded
 
 
 def _label(segment: Segment) -> str:
@@ -68,13 +78,20 @@ def render_overlay(
     text: bool = True,
 ) -> np.ndarray:
     """HxWx3 uint8: masks blended in ``segment_color(segment.id)`` (largest first, so small ones stay visible),
-    their contours, "L<level> <score>" at each box corner, and the prompts."""
-    out = np.asarray(image, dtype=np.float32).copy()
+    their contours, "L<level> <score>" at each box corner, and the prompts.
+
+    Each mask is drawn inside its ``bbox`` only (the Segment contract: the box holds every mask pixel).
+    """
+    out = np.array(image, dtype=np.float32)
     ordered = sorted(segments, key=lambda s: -s.area)
     for seg in ordered:
+        x0, y0, x1, y1 = (int(v) for v in seg.bbox)
+        if x1 <= x0 or y1 <= y0:
+            continue
         color = np.array(segment_color(seg.id), dtype=np.float32)
-        out[seg.mask] = out[seg.mask] * (1 - alpha) + color * alpha
-        out[mask_contour(seg.mask)] = color
+        region, mask = out[y0:y1, x0:x1], seg.mask[y0:y1, x0:x1]
+        np.copyto(region, region * (1 - alpha) + color * alpha, where=mask[..., None])
+        region[mask_contour(mask)] = color  # a crop's edge is background unless it is the image's edge
     pil = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     if text:
