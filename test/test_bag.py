@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import sys
 import types as pytypes
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("rosbags")
 
@@ -332,6 +334,40 @@ def test_cli_interrupt_exit_status(mixed_bag, tiny_checkpoint, tmp_path, monkeyp
                              "--checkpoint", tiny_checkpoint, "--input-size", 64, "-q")
     assert status == 130 and "interrupted: segmented 0 of 1 frame(s)" in err and "semsam: interrupted" in err
     assert read_bag(tmp_path / "out")[f"{CAM}/segments"] == []
+
+
+def test_humble_style_bag_without_stored_definitions(tmp_path, predictor):
+    """Humble's sqlite3 bags store neither message definitions nor type hashes: known types are copied with the
+    typestore's definitions, an unknown type is left out with one log line."""
+    from rosbags.typesys import get_types_from_msg
+
+    store = make_typestore("humble")
+    store.register(get_types_from_msg("int32 x", "my_msgs/msg/Thing"))
+    path = tmp_path / "in"
+    with Writer(path, version=8) as writer:
+        image = writer.add_connection(CAM, IMAGE, typestore=store)
+        thing = writer.add_connection("/thing", "my_msgs/msg/Thing", typestore=store)
+        for k in range(2):
+            writer.write(image, T0 + k, store.serialize_cdr(encoded(k, "rgb8"), IMAGE))
+            writer.write(thing, T0 + k, store.serialize_cdr(store.types["my_msgs/msg/Thing"](x=k), "my_msgs/msg/Thing"))
+    with sqlite3.connect(path / "in.db3") as db:
+        db.execute("DELETE FROM message_definitions")
+        db.execute("UPDATE topics SET type_description_hash = ''")
+    metadata = yaml.safe_load((path / "metadata.yaml").read_text())
+    for topic in metadata["rosbag2_bagfile_information"]["topics_with_message_count"]:
+        del topic["topic_metadata"]["type_description_hash"]
+    (path / "metadata.yaml").write_text(yaml.safe_dump(metadata))
+    with Reader(path) as reader:
+        assert {c.digest for c in reader.connections} == {""}
+
+    logs: list[str] = []
+    prompts = {CAM: [PromptRequest(0, np.array([[30.0, 20.0]]), levels=(3,))]}
+    summary = process_bag(path, tmp_path / "out", predictor, BagOptions([CAM], prompts=prompts), log=logs.append)
+    assert summary.segmented == 2 and summary.copied == 2
+    assert logs == ["topic /thing not copied: type my_msgs/msg/Thing is unknown and the bag stores no definition of it"]
+    with Reader(tmp_path / "out") as reader:
+        assert {c.topic: c.digest for c in reader.connections}[CAM] == STORE.hash_rihs01(IMAGE)
+    assert len(read_bag(tmp_path / "out")[f"{CAM}/segments"]) == 2
 
 
 class Fake3D:
