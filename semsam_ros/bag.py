@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ POINT_CLOUD = "sensor_msgs/msg/PointCloud2"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 STORAGES = ("sqlite3", "mcap")
 BAG_VERSION = 8  # rosbag2 metadata version written (Iron and later read it)
+RENDER_QUEUE = 2  # frames whose outputs may be rendering in the background at once
 ABSOLUTE_NS = 10**15  # a plain integer time at least this large is nanoseconds since the epoch, not seconds
 _PROMPT_KEYS = ("id", "points", "boxes", "levels", "text")
 
@@ -443,6 +445,7 @@ class _BagRun:
         self.cameras: dict[str, _Camera] = {}
         self.companions: dict[str, _Companion] = {}
         self.pending: deque[_Pending] = deque()
+        self.rendering: deque[Future[list[tuple[Any, int, bytes]]]] = deque()
         self.bar: Any = None
         self.check_interrupt: Callable[[], None] = lambda: None
         self._plan()
@@ -459,19 +462,22 @@ class _BagRun:
         total = (self._index(indexed) if indexed else 0) + self._estimate([c for c in self.cameras.values()
                                                                            if not c.indexed])
         with tqdm(total=total, unit="frame", desc="semsam bag", disable=not self.options.progress,
-                  dynamic_ncols=True) as self.bar:
-            for conn, time_ns, raw in read_messages(self.reader, self.src, start=self.start, stop=self.stop):
-                self.check_interrupt()
-                if conn.id in copies:
-                    writer.write(copies[conn.id], time_ns, raw)
-                    self.summary.copied += 1
-                topic = conn.topic
-                if topic in self.cameras:
-                    self._on_frame(self.cameras[topic], conn.msgtype, time_ns, raw)
-                if topic in self.companions:
-                    self._on_companion(self.companions[topic], raw)
-                self._flush(writer, final=False)
-            self._flush(writer, final=True)
+                  dynamic_ncols=True) as self.bar, ThreadPoolExecutor(1, "semsam-bag-render") as renderer:
+            try:
+                for conn, time_ns, raw in read_messages(self.reader, self.src, start=self.start, stop=self.stop):
+                    self.check_interrupt()
+                    if conn.id in copies:
+                        writer.write(copies[conn.id], time_ns, raw)
+                        self.summary.copied += 1
+                    topic = conn.topic
+                    if topic in self.cameras:
+                        self._on_frame(self.cameras[topic], conn.msgtype, time_ns, raw)
+                    if topic in self.companions:
+                        self._on_companion(self.companions[topic], raw)
+                    self._flush(writer, renderer, final=False)
+                self._flush(writer, renderer, final=True)
+            finally:  # also on Ctrl-C: every frame segmented so far is written
+                self._write_rendered(writer, 0)
 
     # setup
 
@@ -626,6 +632,7 @@ class _BagRun:
     # the processing pass
 
     def _on_frame(self, camera: _Camera, msgtype: str, time_ns: int, raw: bytes) -> None:
+        """Apply the topic prompts anchored on this frame; queue the frame if it is to be processed."""
         ordinal = camera.seen
         camera.seen += 1
         self.summary.frames += 1
@@ -638,16 +645,20 @@ class _BagRun:
                                      camera.info.get(ordinal)))
 
     def _on_companion(self, companion: _Companion, raw: bytes) -> None:
+        """Keep a depth or camera_info message while a queued or later frame needs it."""
         if companion.needed[companion.seen]:
             companion.stored[companion.seen] = raw
         companion.seen += 1
 
     def _ready(self, item: _Pending) -> bool:
+        """Whether the depth and camera_info the frame is paired with have been read."""
         camera = item.camera
         return all(ordinal is None or self.companions[topic].seen > ordinal
                    for topic, ordinal in ((camera.depth_topic, item.depth), (camera.info_topic, item.info)))
 
-    def _flush(self, writer: Any, final: bool) -> None:
+    def _flush(self, writer: Any, renderer: ThreadPoolExecutor, final: bool) -> None:
+        """Segment the queued frames in order, as far as they are ready (all of them when ``final``); their outputs
+        are rendered and serialised in the background while the next frame is segmented."""
         while self.pending and (final or self._ready(self.pending[0])):
             item = self.pending.popleft()
             self.check_interrupt()
@@ -655,9 +666,16 @@ class _BagRun:
             if output is None:
                 self.summary.skipped += 1
             else:
-                self._write(writer, item, output)
-                self.summary.segmented += 1
+                self.rendering.append(renderer.submit(self._render, item, output))
+            self._write_rendered(writer, RENDER_QUEUE)
             self.bar.update()
+
+    def _write_rendered(self, writer: Any, keep: int) -> None:
+        """Write the rendered outputs, in order: those done, and all but ``keep`` of the others once done."""
+        while self.rendering and (self.rendering[0].done() or len(self.rendering) > keep):
+            for connection, time_ns, raw in self.rendering.popleft().result():
+                writer.write(connection, time_ns, raw)
+            self.summary.segmented += 1
 
     def _take(self, topic: str | None, ordinal: int | None) -> Any | None:
         """The deserialised companion message ``ordinal`` of ``topic`` (dropped once no frame needs it)."""
@@ -683,7 +701,7 @@ class _BagRun:
         except Exception as exc:  # noqa: BLE001  (a corrupt message skips its frame)
             self.core.errors.report(f"image/{type(exc).__name__}", f"{camera.topic}: cannot deserialise frame: {exc}")
             return None
-        if camera.depth_topic is not None and (depth is None or info is None):
+        if camera.depth_topic is not None and (item.depth is None or item.info is None):
             self.core.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
                                                    f"{stamp_to_ns(image.header.stamp)} ns")
         try:
@@ -692,7 +710,8 @@ class _BagRun:
         except Exception:  # noqa: BLE001  (counted and logged by the core; the frame is skipped)
             return None
 
-    def _write(self, writer: Any, item: _Pending, output: Output) -> None:
+    def _render(self, item: _Pending, output: Output) -> list[tuple[Any, int, bytes]]:
+        """(output connection, bag time, CDR bytes) of every message of a segmented frame."""
         from semsam_ros.inference.render import render_overlay
 
         outputs, header, types = item.camera.outputs, output.message.header, self.types
@@ -708,8 +727,8 @@ class _BagRun:
             messages.append(("markers", self.geometry.marker_array(types, header, output.segments, output.results3d),
                              MARKER_ARRAY))
             messages.append(("points", self.geometry.cloud_message(types, header, cloud), POINT_CLOUD))
-        for kind, message, msgtype in messages:
-            writer.write(outputs[kind], item.time_ns, self.typestore.serialize_cdr(message, msgtype))
+        return [(outputs[kind], item.time_ns, self.typestore.serialize_cdr(message, msgtype))
+                for kind, message, msgtype in messages]
 
 
 def _require_topic(topics: dict[str, Any], topic: str, msgtypes: Sequence[str], what: str) -> None:

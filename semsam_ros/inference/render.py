@@ -80,19 +80,26 @@ def render_overlay(
     """HxWx3 uint8: masks blended in ``segment_color(segment.id)`` (largest first, so small ones stay visible),
     their contours, "L<level> <score>" at each box corner, and the prompts.
 
-    Each mask is drawn inside its ``bbox`` only (the Segment contract: the box holds every mask pixel).
+    Each mask is drawn inside its ``bbox`` only (the Segment contract: the box holds every mask pixel), on the
+    image viewed as rows of interleaved channels so that every operation runs over contiguous memory.
     """
     out = np.array(image, dtype=np.float32)
+    height, width = out.shape[:2]
+    rows = out.reshape(height, width * 3)
     ordered = sorted(segments, key=lambda s: -s.area)
     for seg in ordered:
         x0, y0, x1, y1 = (int(v) for v in seg.bbox)
         if x1 <= x0 or y1 <= y0:
             continue
         color = np.array(segment_color(seg.id), dtype=np.float32)
-        region, mask = out[y0:y1, x0:x1], seg.mask[y0:y1, x0:x1]
-        np.copyto(region, region * (1 - alpha) + color * alpha, where=mask[..., None])
-        region[mask_contour(mask)] = color  # a crop's edge is background unless it is the image's edge
-    pil = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+        mask = seg.mask[y0:y1, x0:x1]
+        region = rows[y0:y1, 3 * x0:3 * x1]
+        blended = region * (1 - alpha) + np.tile(color * alpha, x1 - x0)
+        np.copyto(region, blended, where=np.repeat(mask, 3, axis=1))
+        out[y0:y1, x0:x1][mask_contour(mask)] = color  # a crop's edge is background unless it is the image's edge
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    pil = Image.fromarray(out.astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     if text:
         font = _font(pil.width)

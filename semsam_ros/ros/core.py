@@ -581,7 +581,7 @@ class NodeCore:
             for row, (k, kind, coords) in enumerate(chunk):
                 prompt, segs = owned[k]
                 levels = prompt.levels or LEVELS
-                cols = [level - 1 for level in levels]
+                cols = slice(None) if tuple(levels) == LEVELS else [level - 1 for level in levels]  # all: a view
                 point = (float(coords[0]), float(coords[1])) if kind == "point" else None
                 segs += self.hooks.postprocess(pred.mask_logits[row][cols], pred.iou_scores[row][cols], levels,
                                                prompt.prompt_id, point, params)
