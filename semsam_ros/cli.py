@@ -394,4 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: other modules (semsam_ros.bag) raise semsam_ros.cli.UserError, which is not
+    # this __main__ module's class.
+    from semsam_ros.cli import main as package_main
+
+    sys.exit(package_main())

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
+import subprocess
 import sys
 import types as pytypes
 from pathlib import Path
@@ -38,6 +40,7 @@ IMAGE, COMPRESSED = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
 H, W = 64, 80  # short side = input_size: the model sees the frames unresized
 SEC, T0 = 1_000_000_000, 1_700_000_000 * 1_000_000_000
 CAM, CAM2 = "/cam/image_raw", "/cam2/image/compressed"
+REPO = Path(__file__).resolve().parents[1]
 STORE = make_typestore("humble")
 TYPES = MessageTypes.from_typestore(STORE)
 
@@ -507,6 +510,12 @@ def test_user_errors(mixed_bag, tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     status, _, err = run_cli(capsys, "bag", mixed_bag, *common, "--image-topic", CAM, "--auto")
     assert status == 1 and "exists already" in err
+    # python3 -m semsam_ros.cli: errors raised in semsam_ros.bag are still one line
+    done = subprocess.run([sys.executable, "-m", "semsam_ros.cli", "bag", str(mixed_bag), "--out", str(tmp_path / "o"),
+                           "--image-topic", CAM, "--auto", "--checkpoint", str(tmp_path / "nope.pth")],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1
+    assert done.stderr == f"semsam: error: {tmp_path / 'nope.pth'}: checkpoint file not found\n"
 
 
 def test_option_parsing(tmp_path):
