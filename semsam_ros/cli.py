@@ -1,4 +1,4 @@
-"""The ``semsam`` command: segment, auto, info, convert, download (see docs/cli.md).
+"""The ``semsam`` command: segment, auto, info, convert, download, bag, bag-info (see docs/cli.md, docs/bag.md).
 
 A subcommand is a ``Subcommand(help, add_arguments, run)`` entry of ``subcommands()``. ``run`` returns the exit
 status and raises ``UserError`` for a user mistake, which ``main`` prints as one line ``semsam: error: ...``
@@ -554,6 +554,8 @@ def _run_download(args: argparse.Namespace) -> int:
 
 def subcommands() -> dict[str, Subcommand]:
     """Every subcommand by name (other modules' commands are imported here, when the parser is built)."""
+    from semsam_ros import bag
+
     return {
         "segment": Subcommand("segment an image at point/box prompts, every chosen level",
                               _segment_arguments, _run_segment),
@@ -563,6 +565,10 @@ def subcommands() -> dict[str, Subcommand]:
         "convert": Subcommand("official .pth -> .safetensors", _convert_arguments, _run_convert),
         "download": Subcommand("fetch an official release checkpoint into the cache",
                                _download_arguments, _run_download),
+        "bag": Subcommand("segment the image topics of a rosbag2 into a new bag (no ROS needed)",
+                          bag.add_bag_arguments, bag.run_bag),
+        "bag-info": Subcommand("topics, types, counts and image rates of a rosbag2", bag.add_info_arguments,
+                               bag.run_info),
     }
 
 
@@ -590,4 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: other modules (semsam_ros.bag) raise semsam_ros.cli.UserError, which is not
+    # this __main__ module's class.
+    from semsam_ros.cli import main as package_main
+
+    sys.exit(package_main())

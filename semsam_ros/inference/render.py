@@ -5,7 +5,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from semsam_ros.config import LEVELS
 from semsam_ros.inference.palette import segment_color
@@ -25,8 +24,19 @@ def _font(image_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def mask_contour(mask: np.ndarray) -> np.ndarray:
-    """Bool HxW: the mask pixels with a background 8-neighbour (or on the image border)."""
-    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), dtype=bool), border_value=0)
+    """Bool HxW: the mask pixels with a background 8-neighbour (or on the image border).
+
+    A 3x3 erosion as eight shifted ANDs of the zero-padded mask (several times faster than scipy's).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    height, width = mask.shape
+    padded = np.pad(mask, 1)
+    eroded = mask.copy()
+    for dy in range(3):
+        for dx in range(3):
+            if (dy, dx) != (1, 1):
+                eroded &= padded[dy:dy + height, dx:dx + width]
+    return mask & ~eroded
 
 
 def _label(segment: Segment) -> str:
@@ -69,17 +79,31 @@ def render_overlay(
     captions: Sequence[str] | None = None,
 ) -> np.ndarray:
     """HxWx3 uint8: masks blended in ``segment_color(segment.id)`` (largest first, so small ones stay visible),
-    their contours, "L<level> <score>" (or ``captions``, one per segment) at each box corner, and the prompts."""
-    out = np.asarray(image, dtype=np.float32).copy()
+    their contours, "L<level> <score>" (or ``captions``, one per segment) at each box corner, and the prompts.
+
+    Each mask is drawn inside its ``bbox`` only (the Segment contract: the box holds every mask pixel), on the
+    image viewed as rows of interleaved channels so that every operation runs over contiguous memory.
+    """
     if captions is not None and len(captions) != len(segments):
         raise ValueError(f"{len(captions)} captions for {len(segments)} segments")
     caption_of = {id(s): c for s, c in zip(segments, captions)} if captions is not None else {}
+    out = np.array(image, dtype=np.float32)
+    height, width = out.shape[:2]
+    rows = out.reshape(height, width * 3)
     ordered = sorted(segments, key=lambda s: -s.area)
     for seg in ordered:
+        x0, y0, x1, y1 = (int(v) for v in seg.bbox)
+        if x1 <= x0 or y1 <= y0:
+            continue
         color = np.array(segment_color(seg.id), dtype=np.float32)
-        out[seg.mask] = out[seg.mask] * (1 - alpha) + color * alpha
-        out[mask_contour(seg.mask)] = color
-    pil = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+        mask = seg.mask[y0:y1, x0:x1]
+        region = rows[y0:y1, 3 * x0:3 * x1]
+        blended = region * (1 - alpha) + np.tile(color * alpha, x1 - x0)
+        np.copyto(region, blended, where=np.repeat(mask, 3, axis=1))
+        out[y0:y1, x0:x1][mask_contour(mask)] = color  # a crop's edge is background unless it is the image's edge
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    pil = Image.fromarray(out.astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     if text:
         font = _font(pil.width)

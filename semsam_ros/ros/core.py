@@ -205,6 +205,20 @@ class Hooks:
     class_names: Callable[[], tuple[list[str], list[str]]] | None = None
 
 
+def update_sticky(sticky: dict[int, PromptRequest], prompt: PromptRequest) -> bool:
+    """Apply a topic prompt to the sticky prompts by id; True when it is to be answered.
+
+    A sticky prompt replaces the sticky prompt of the same id; a prompt with no point, box or text removes it (and
+    is not answered); any other prompt leaves them as they are.
+    """
+    empty = prompt.is_empty and not prompt.text
+    if prompt.sticky or empty:
+        sticky.pop(prompt.prompt_id, None)
+    if prompt.sticky and not empty:
+        sticky[prompt.prompt_id] = prompt
+    return not empty
+
+
 def number_segments(rgb: np.ndarray, segments: list[Segment]) -> list[Segment]:
     """Default ``annotate``: ids 0..N-1 in the given order."""
     for i, seg in enumerate(segments):
@@ -406,12 +420,7 @@ class NodeCore:
         """
         with self._lock:
             self.counters["prompts_received"] += 1
-            empty = prompt.is_empty and not prompt.text
-            if prompt.sticky or empty:
-                self._sticky.pop(prompt.prompt_id, None)
-            if prompt.sticky and not empty:
-                self._sticky[prompt.prompt_id] = prompt
-            if not empty:
+            if update_sticky(self._sticky, prompt):
                 self._jobs.append(_Job([prompt]))
                 self._wake.notify()
 
@@ -484,6 +493,34 @@ class NodeCore:
             if output is not None:
                 outputs.append(output)
         return outputs
+
+    def process(self, frame: Frame, prompts: Sequence[PromptRequest], auto: bool) -> Output:
+        """Segment ``frame`` at once with ``prompts`` (and everything when ``auto``), outside the frame slot, the
+        buffer and rate control: the offline tools' entry point, doing what ``step`` does for one frame.
+
+        Prompts that do not fit the image are rejected and counted as in ``step``; the others are answered. With
+        none left and no automatic run, the Output has no segments and the encoder does not run. A frame that
+        cannot be decoded or segmented raises, after being counted and logged.
+        """
+        if frame.rgb is None:
+            try:
+                frame.rgb = image_to_rgb(frame.image)
+            except Exception as exc:
+                self._report("image", exc)
+                raise
+        height, width = frame.rgb.shape[:2]
+        valid = []
+        for prompt in prompts:
+            try:
+                self._check(prompt, height, width)
+            except PromptError as exc:
+                self._report("prompt", exc)
+                continue
+            valid.append(prompt)
+        if valid or auto:
+            return self._run(frame, valid, auto, strict=True)
+        message = segments_to_msg(self.types, [], frame.header, (height, width), self.model_id)
+        return Output(frame, [], message, None, [])
 
     def stats(self) -> dict[str, Any]:
         """Counters, errors per cause, output rate and latency, for diagnostics."""
@@ -627,7 +664,7 @@ class NodeCore:
             for row, (k, kind, coords, j) in enumerate(chunk):
                 prompt, segs = owned[k]
                 levels = prompt.levels or LEVELS
-                cols = [level - 1 for level in levels]
+                cols = slice(None) if tuple(levels) == LEVELS else [level - 1 for level in levels]  # all: a view
                 point = (float(coords[0]), float(coords[1])) if kind == "point" else None
                 new = self.hooks.postprocess(pred.mask_logits[row][cols], pred.iou_scores[row][cols], levels,
                                              prompt.prompt_id, point, params)
