@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
 import json
 import math
 import signal
@@ -244,45 +245,27 @@ class Geometry(NamedTuple):
     cloud_message: Callable[[MessageTypes, Any, np.ndarray], Any]
 
 
-def load_geometry() -> tuple[Geometry | None, str]:
-    """The 3D functions, or None and the reason they are not available in this installation."""
-    try:
-        from semsam_ros.geometry import CameraModel, segments_cloud, segments_to_3d
-        from semsam_ros.ros.cloud import cloud_message
-        from semsam_ros.ros.markers import marker_array
-    except ImportError as exc:
-        return None, str(exc)
-    return Geometry(CameraModel, segments_to_3d, segments_cloud, marker_array, cloud_message), ""
+def load_geometry() -> Geometry:
+    """The 3D functions (imported only when a bag has depth to use)."""
+    from semsam_ros.geometry import CameraModel, segments_cloud, segments_to_3d
+    from semsam_ros.ros.cloud import cloud_message
+    from semsam_ros.ros.markers import marker_array
+
+    return Geometry(CameraModel, segments_to_3d, segments_cloud, marker_array, cloud_message)
 
 
-def _postprocess(mask_logits: np.ndarray, iou_scores: np.ndarray, levels: tuple[int, ...], prompt_id: int,
-                 point: tuple[float, float] | None, params: NodeParams) -> list:
-    from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt
+def build_hooks(geometry: Geometry | None, params: NodeParams | None = None, device: str = "cpu") -> Hooks:
+    """The node's own steps (``ros.pipeline.build_hooks``: post-processing, automatic mode, part-of links, labels
+    and text with semantics), with 3D through ``geometry`` (keeping the inlier points) or none without it."""
+    from semsam_ros.ros.pipeline import build_hooks as node_hooks
 
-    thresholds = PostprocessParams(iou_threshold=params.score_threshold, dedupe_iou=params.dedupe_iou,
-                                   hole_area=params.min_region_area, island_area=params.min_region_area)
-    return postprocess_prompt(mask_logits, iou_scores, thresholds, prompt_id=prompt_id, point=point, levels=levels)
-
-
-def _automatic(predictor: Any, rgb: np.ndarray, levels: tuple[int, ...], params: NodeParams) -> list:
-    from semsam_ros.inference.amg import AutomaticMaskGenerator
-
-    generator = AutomaticMaskGenerator(
-        predictor, points_per_side=params.points_per_side, levels=levels,
-        pred_iou_thresh=params.auto_iou_threshold, stability_score_thresh=params.stability_threshold,
-        box_nms_thresh=params.nms_iou, min_mask_region_area=params.min_region_area,
-    )
-    return generator.generate_segments(rgb)
-
-
-def build_hooks(geometry: Geometry | None) -> Hooks:
-    """The node's post-processing and automatic mode, and 3D (with the inlier points) when ``geometry`` is given."""
+    hooks, _ = node_hooks(params or NodeParams(), device)
 
     def measure_3d(segments: list, depth_m: np.ndarray, camera_info: Any) -> list:
         camera = geometry.camera_model.from_camera_info(camera_info)
         return geometry.segments_to_3d(segments, depth_m, camera, return_points=True)
 
-    return Hooks(postprocess=_postprocess, automatic=_automatic, measure_3d=measure_3d if geometry else None)
+    return dataclasses.replace(hooks, measure_3d=measure_3d if geometry else None)
 
 
 # --- reading and writing --------------------------------------------------------------------------------------
@@ -773,18 +756,15 @@ def process_bag(src: str | Path, dst: str | Path, predictor: Any, options: BagOp
     if reasons:
         raise BagError("; ".join(reasons))
     check_paths(src, dst)
-    geometry = None
-    if options.depth_topics:
-        geometry, why = load_geometry()
-        if geometry is None:
-            log(f"3D outputs skipped: semsam_ros.geometry is not available in this installation ({why})")
+    geometry = load_geometry() if options.depth_topics else None
     began = time.perf_counter()
     with open_bag(src) as reader:
         storage = options.storage or storage_of(src)
         distro = options.distro or (reader.ros_distro if reader.ros_distro in STORES else "humble")
         typestore = make_typestore(distro)
         types = MessageTypes.from_typestore(typestore)
-        core = NodeCore(options.params, predictor, types, build_hooks(geometry),
+        core = NodeCore(options.params, predictor, types,
+                        build_hooks(geometry, options.params, str(getattr(predictor, "device", "cpu"))),
                         model_id=getattr(getattr(predictor, "model", None), "model_id", ""), log=log)
         summary = BagSummary(dst, storage)
         run = _BagRun(reader, src, options, core, typestore, geometry, summary, log)
