@@ -675,6 +675,9 @@ class TensorRTBackend(Backend):
 def backend_problems(name: str, device: torch.device, precision: str) -> list[str]:
     """Why backend ``name`` at ``precision`` cannot run on ``device`` (empty when it can)."""
     problems = []
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    if device.type == "cuda" and not cuda:
+        problems.append(f"CUDA is not available (torch {torch.__version__}, no usable GPU)")
     if name == "tensorrt":
         if device.type != "cuda":
             problems.append(f"Torch-TensorRT needs a CUDA device, got {device}")
@@ -682,7 +685,7 @@ def backend_problems(name: str, device: torch.device, precision: str) -> list[st
             importlib.import_module("torch_tensorrt")
         except Exception as exc:
             problems.append(f"torch_tensorrt cannot be imported ({type(exc).__name__}: {exc}); {TENSORRT_HINT}")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         problems.append("this GPU does not support bfloat16")
     return problems
 
