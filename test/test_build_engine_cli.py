@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from semsam_ros.inference import build_engine_cli
+from semsam_ros.inference import accuracy, backends, build_engine_cli
 from semsam_ros.inference.backends import TensorRTBackend
 from trt_fakes import FakeCompiler
 
@@ -28,19 +28,28 @@ def test_arguments():
             _parser().parse_args(["--checkpoint", "m.pth", "--input-size", "640x960", *bad])
 
 
+def test_light_constants_match_the_backends():
+    assert set(build_engine_cli.PRECISIONS) == set(backends.PRECISIONS)
+    assert build_engine_cli.DEFAULT_BUCKETS == backends.DEFAULT_BUCKETS
+    assert (build_engine_cli.MIN_MEAN_IOU, build_engine_cli.ON_FAILURE) == (accuracy.MIN_MEAN_IOU, accuracy.ON_FAILURE)
+
+
 def test_without_tensorrt_it_fails_clearly(tiny_checkpoint, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
     args = _parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--input-size", "64x96", "--device", "cpu"])
-    assert build_engine_cli.run(args) == 2
+    assert build_engine_cli.run(args) == 1
     err = capsys.readouterr().err
-    assert "error: backend 'tensorrt' (fp16) cannot run on cpu" in err and "torch_tensorrt cannot be imported" in err
+    assert "semsam build-engine: error: backend 'tensorrt' (fp16) cannot run on cpu" in err
+    assert "torch_tensorrt cannot be imported" in err
+    args.checkpoint = tiny_checkpoint.parent / "missing.pth"
+    assert build_engine_cli.run(args) == 1 and "checkpoint file not found" in capsys.readouterr().err
 
 
 def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def fake_backend(name, model, device, precision, **options):
         return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model), **options)
 
-    monkeypatch.setattr(build_engine_cli, "create_backend", fake_backend)
+    monkeypatch.setattr(backends, "create_backend", fake_backend)
     argv = ["--checkpoint", str(tiny_checkpoint), "--input-size", "64x90", "--precision", "fp32", "--device", "cpu",
             "--buckets", "1,4", "--cache-dir", str(tmp_path)]
     assert build_engine_cli.run(_parser().parse_args(argv)) == 0
@@ -61,7 +70,7 @@ def test_refused_engines_exit_3(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def fake_backend(name, model, device, precision, **options):
         return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model, negate=True), **options)
 
-    monkeypatch.setattr(build_engine_cli, "create_backend", fake_backend)
+    monkeypatch.setattr(backends, "create_backend", fake_backend)
     argv = ["--checkpoint", str(tiny_checkpoint), "--input-size", "64x96", "--precision", "fp32", "--device", "cpu",
             "--buckets", "4", "--cache-dir", str(tmp_path)]
     assert build_engine_cli.run(_parser().parse_args(argv)) == 3

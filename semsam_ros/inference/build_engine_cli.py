@@ -1,7 +1,9 @@
 """``semsam build-engine``: build and cache the TensorRT engines ahead of time, so a robot never compiles at launch.
 
-Registered by ``semsam_ros/cli.py`` with :func:`add_arguments` and :func:`run`. Exit status: 0 engines ready
-(built or already cached), 2 the TensorRT backend cannot run here, 3 the accuracy guard refused the engines.
+Registered in ``semsam_ros/cli.py`` as ``Subcommand(HELP, add_arguments, run)``. Only the standard library is
+imported at module level (``semsam --help`` stays fast); torch and the model are imported in :func:`run`.
+Exit status: 0 engines ready (built now or already cached), 1 nothing can be built here (unreadable checkpoint,
+no CUDA, no Torch-TensorRT), 3 the accuracy guard refused the engines (nothing was cached).
 """
 from __future__ import annotations
 
@@ -11,10 +13,14 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from ..checkpoint import load_model
-from .accuracy import MIN_MEAN_IOU, ON_FAILURE, AccuracyError
-from .backends import DEFAULT_BUCKETS, PRECISIONS, BackendError, TensorRTBackend, create_backend
+# the same values as semsam_ros.inference.backends / .accuracy (test_build_engine_cli checks), kept here so that
+# building the argument parser does not import torch
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_BUCKETS = (1, 8, 64)
+MIN_MEAN_IOU = 0.98
+ON_FAILURE = ("refuse", "warn")
 
 HELP = "build and cache TensorRT engines for a checkpoint, input size and precision"
 
@@ -44,7 +50,7 @@ def parse_buckets(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="official .pth or semsam .safetensors")
     parser.add_argument("--config", default=None, help="swint, swinl or an official YAML (default: from the checkpoint)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp16")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
     parser.add_argument(
         "--input-size",
         type=parse_size,
@@ -59,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-iou", type=float, default=MIN_MEAN_IOU, help=f"mean mask IoU the engines must reach (default {MIN_MEAN_IOU})")
 
 
-def _summary(backend: TensorRTBackend, shape: tuple[int, int]) -> dict:
+def _summary(backend: Any, shape: tuple[int, int]) -> dict[str, Any]:
     records = [r for r in backend.records if tuple(r["input_shape"]) == shape]
     report = backend.accuracy.get(shape)
     if report is not None:
@@ -70,7 +76,7 @@ def _summary(backend: TensorRTBackend, shape: tuple[int, int]) -> dict:
     return {"backend": backend.describe(), "input_shape": list(shape), "engines": records, "accuracy": accuracy}
 
 
-def _print_table(summary: dict) -> None:
+def _print_table(summary: dict[str, Any]) -> None:
     print(f"{'engine':<22} {'source':<6} {'seconds':>8} {'MB':>8}  path")
     for r in summary["engines"]:
         name = "image encoder" if r["bucket"] is None else f"decoder x{r['bucket']} prompts"
@@ -84,13 +90,26 @@ def _print_table(summary: dict) -> None:
         )
 
 
+def _error(message: str, status: int) -> int:
+    print(f"semsam build-engine: error: {message}", file=sys.stderr)
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError, load_model
+    from .accuracy import AccuracyError
+    from .backends import BackendError, create_backend
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        model = load_model(args.checkpoint, args.config)
+    except (CheckpointError, ValueError) as exc:
+        return _error(str(exc), 1)
     h, w = args.input_size
-    model = load_model(args.checkpoint, args.config)
     div = model.config.size_divisibility
     shape = (-(-h // div) * div, -(-w // div) * div)
+    start = time.perf_counter()
     try:
         backend = create_backend(
             "tensorrt",
@@ -102,18 +121,17 @@ def run(args: argparse.Namespace) -> int:
             min_mean_iou=args.min_iou,
             on_accuracy_failure=args.accuracy,
         )
-        start = time.perf_counter()
         backend.prepare(shape)
     except BackendError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc), 1)
     except AccuracyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return _error(str(exc), 3)
     summary = _summary(backend, shape)
     built = sum(r["source"] == "built" for r in summary["engines"])
-    print(f"{h}x{w} (padded {shape[0]}x{shape[1]}), {args.precision}: {built} engines built, "
-          f"{len(summary['engines']) - built} from the cache, {time.perf_counter() - start:.1f} s")
+    print(
+        f"{h}x{w} (padded {shape[0]}x{shape[1]}), {args.precision}: {built} engines built, "
+        f"{len(summary['engines']) - built} from the cache, {time.perf_counter() - start:.1f} s"
+    )
     _print_table(summary)
     print(json.dumps(summary))
     return 0
