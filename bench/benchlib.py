@@ -110,8 +110,8 @@ class PeakRSS:
 
     @property
     def extra_mb(self) -> float:
-        """Peak above the resident size at the start of the block."""
-        return self.peak_mb - self.start_mb
+        """Peak above the resident size at the start of the block (0 when memory was only released)."""
+        return max(0.0, self.peak_mb - self.start_mb)
 
 
 @contextmanager

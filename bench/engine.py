@@ -2,7 +2,7 @@
 
     python3 bench/engine.py [--model swint|tiny] [--checkpoint CKPT] [--input-size 640x960] [--device cuda|cpu]
         [--backends eager,compile,tensorrt] [--precisions fp32,fp16,bf16] [--prompts 1,10,60]
-        [--iters N] [--warmup N] [--cache-dir DIR] [--out results.json] [--markdown results.md]
+        [--iters N] [--warmup N] [--threads N] [--cache-dir DIR] [--out results.json] [--markdown results.md]
 
 Per combination: image encoder and prompt decoder (each prompt count) median and p99 latency, throughput, peak
 memory (GPU: PyTorch allocator peak, plus device memory in use, which includes TensorRT's own; CPU: peak resident
@@ -149,9 +149,12 @@ def main() -> None:
     parser.add_argument("--buckets", default="1,8,64", help="decoder prompt buckets of the static paths")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--cache-dir", default=None, help="TensorRT engine cache (default: a fresh temporary one)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--markdown", default=None, help="also write the Markdown table here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     device = torch.device(args.device)

@@ -1,6 +1,6 @@
 """Model benchmark (CPU, eager fp32): median latency and peak memory of the image encoder and the prompt decoder.
 
-    python3 bench/model.py [--models tiny,swint] [--input-size 640x960] [--iters 5] [--out bench/results/model.json]
+    python3 bench/model.py [--models tiny,swint] [--input-size 640x960] [--iters 5] [--threads N] [--out FILE]
 
 Random weights (the SwinT preset and the tiny test config); prints JSON. Peak memory is the process's peak
 resident set size while the component runs (and how far it rose above the size before), read from the Linux
@@ -41,8 +41,11 @@ def main() -> None:
     parser.add_argument("--prompts", default="1,10")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     prompts = [int(p) for p in args.prompts.split(",")]
     result = {
         "benchmark": "model",

@@ -236,7 +236,8 @@ class Backend:
 
     Subclasses provide ``_encoder(shape)`` and ``_decoder(shape, bucket)`` (bucket None: any prompt count) and may
     build things per padded input shape in ``_build(shape)``. :meth:`prepare` does that ahead of the first frame,
-    and on the static-prompt path also compiles or captures every bucket.
+    and on the static-prompt path also compiles or captures every bucket. Not thread-safe (CUDA graphs replay into
+    shared static buffers): use one backend per thread.
     """
 
     name = "base"

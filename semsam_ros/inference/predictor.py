@@ -135,6 +135,8 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.input_size = input_size
         if isinstance(backend, Backend):
+            if backend.device.type != self.device.type:
+                raise ValueError(f"the backend runs on {backend.device}, the predictor on {self.device}")
             self.backend = backend
         else:
             options = {"cache_dir": cache_dir} if backend == "tensorrt" else {}
