@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from ..config import LEVELS
 from ..model.semantic_sam import SemanticSam
+from .backends import Backend, ImageUploader, create_backend
 
 POINT_BOX_SIZE = 0.005  # a click is the tiny box [x/W, y/H, 0.005, 0.005], as in the official predictor
 PROMPT_TYPE = 0  # point/box embedding row used by the official inference for clicks and boxes
@@ -22,6 +24,12 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     if width <= height:
         return int(short_side * height / width), short_side
     return short_side, int(short_side * width / height)
+
+
+def padded_shape(height: int, width: int, short_side: int, divisibility: int = 32) -> tuple[int, int]:
+    """(Hp, Wp) of the model input for an image of (height, width): resized as :func:`resized_shape`, padded."""
+    h, w = resized_shape(height, width, short_side)
+    return -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
 
 
 def resize_image(image: np.ndarray, short_side: int) -> np.ndarray:
@@ -104,8 +112,9 @@ class Prediction:
 class Predictor:
     """SamPredictor-style API: ``set_image`` once (the image encoder runs), then ``predict`` per prompt batch.
 
-    ``image_encoder`` and ``prompt_decoder`` default to the model's own modules; a deployment backend may pass
-    compiled replacements with the same signatures.
+    ``backend`` ("eager", "compile", "tensorrt", or a :class:`~semsam_ros.inference.backends.Backend`) and
+    ``precision`` ("fp32", "fp16", "bf16") choose how the model runs; ``cache_dir`` is where TensorRT engines are
+    kept. ``image_encoder`` and ``prompt_decoder`` replace the backend's callables (same signatures) when given.
     """
 
     def __init__(
@@ -115,23 +124,40 @@ class Predictor:
         input_size: int = 640,
         image_encoder: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
         prompt_decoder: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        *,
+        backend: str | Backend = "eager",
+        precision: str = "fp32",
+        cache_dir: str | Path | None = None,
     ) -> None:
         if input_size <= 0:
             raise ValueError(f"input_size must be positive, got {input_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.input_size = input_size
-        self.image_encoder = image_encoder or self.model.image_encoder
-        self.prompt_decoder = prompt_decoder or self.model.prompt_decoder
+        if isinstance(backend, Backend):
+            if backend.device.type != self.device.type:
+                raise ValueError(f"the backend runs on {backend.device}, the predictor on {self.device}")
+            self.backend = backend
+        else:
+            options = {"cache_dir": cache_dir} if backend == "tensorrt" else {}
+            self.backend = create_backend(backend, self.model, self.device, precision, **options)
+        self.image_encoder = image_encoder or self.backend.image_encoder
+        self.prompt_decoder = prompt_decoder or self.backend.prompt_decoder
+        self._upload = ImageUploader(self.device)
         self.embedding: ImageEmbedding | None = None
+
+    def prepare(self, image_size: tuple[int, int]) -> None:
+        """Build or load what the backend needs for images of ``image_size`` (H, W) before the first frame
+        (TensorRT engines, compiled graphs, CUDA graphs)."""
+        self.backend.prepare(padded_shape(*image_size, self.input_size, self.model.config.size_divisibility))
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> ImageEmbedding:
         """Run the image encoder on an HxWx3 uint8 RGB image (any size; short side resized to input_size)."""
         image = check_image(image)
         resized = resize_image(image, self.input_size)
-        tensor = torch.from_numpy(np.require(resized, requirements=['C', 'W'])).to(self.device).permute(2, 0, 1)
-        x = self.model.preprocess(tensor)
+        tensor = self._upload(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)
+        x = self.model.preprocess(tensor)  # normalised and padded on the device
         mask_features, values = self.image_encoder(x)
         return ImageEmbedding(
             mask_features, values, image.shape[:2], resized.shape[:2], (int(x.shape[2]), int(x.shape[3]))
