@@ -555,6 +555,7 @@ def _run_download(args: argparse.Namespace) -> int:
 def subcommands() -> dict[str, Subcommand]:
     """Every subcommand by name (other modules' commands are imported here, when the parser is built)."""
     from semsam_ros import bag
+    from semsam_ros.inference import build_engine_cli
 
     return {
         "segment": Subcommand("segment an image at point/box prompts, every chosen level",
@@ -569,6 +570,7 @@ def subcommands() -> dict[str, Subcommand]:
                           bag.add_bag_arguments, bag.run_bag),
         "bag-info": Subcommand("topics, types, counts and image rates of a rosbag2", bag.add_info_arguments,
                                bag.run_info),
+        "build-engine": Subcommand(build_engine_cli.HELP, build_engine_cli.add_arguments, build_engine_cli.run),
     }
 
 
