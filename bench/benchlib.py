@@ -85,7 +85,7 @@ class PeakRSS:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.start_mb = _status_kb("VmRSS") / 1024
         try:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:

@@ -64,7 +64,9 @@ def bench_backend(
             for count in prompts:
                 b = boxes[torch.arange(count, device=device) % len(boxes)]
                 pb = torch.zeros(count, dtype=torch.long, device=device)
-                times = time_ms(lambda: backend.prompt_decoder(b, pb, mask_features, values), device, iters, warmup)
+                times = time_ms(
+                    lambda b=b, pb=pb: backend.prompt_decoder(b, pb, mask_features, values), device, iters, warmup
+                )
                 stats = latency(times)
                 stats["prompts_per_s"] = round(count * 1e3 / stats["median_ms"], 1)
                 row[f"prompt_decoder_{count}"] = stats
@@ -83,7 +85,9 @@ def bench_backend(
 
 
 def add_speedups(rows: list[dict[str, Any]], prompts: list[int]) -> None:
-    base = next((r for r in rows if r["backend"] == "eager" and r["precision"] == "fp32" and "image_encoder" in r), None)
+    base = next(
+        (r for r in rows if r["backend"] == "eager" and r["precision"] == "fp32" and "image_encoder" in r), None
+    )
     if base is None:
         return
     for row in rows:
@@ -119,7 +123,11 @@ def markdown(result: dict[str, Any]) -> str:
         else:
             enc, acc = row["image_encoder"], row.get("accuracy") or {}
             mem = row["memory"]
-            cells += [f"{row['build_s']:.1f}", f"{enc['median_ms']:.2f} ({enc['p99_ms']:.2f})", f"{enc['images_per_s']:.1f}"]
+            cells += [
+                f"{row['build_s']:.1f}",
+                f"{enc['median_ms']:.2f} ({enc['p99_ms']:.2f})",
+                f"{enc['images_per_s']:.1f}",
+            ]
             for n in prompts:
                 d = row[f"prompt_decoder_{n}"]
                 cells.append(f"{d['median_ms']:.2f} ({d['p99_ms']:.2f})")

@@ -29,7 +29,12 @@ def bench_model(name: str, shape: tuple[int, int], prompts: list[int], iters: in
         b = boxes[torch.arange(count) % len(boxes)]
         pb = torch.zeros(count, dtype=torch.long)
         with peak_memory(torch.device("cpu")) as memory:
-            times = time_ms(lambda: model.prompt_decoder(b, pb, mask_features, values), torch.device("cpu"), iters, warmup)
+            times = time_ms(
+                lambda b=b, pb=pb: model.prompt_decoder(b, pb, mask_features, values),
+                torch.device("cpu"),
+                iters,
+                warmup,
+            )
         result[f"prompt_decoder_{count}"] = {**latency(times), **memory}
     return result
 
@@ -53,7 +58,10 @@ def main() -> None:
         "command": command_line(),
         "machine": machine(torch.device("cpu")),
         "input_size": list(args.input_size),
-        "models": {name: bench_model(name, args.input_size, prompts, args.iters, args.warmup) for name in args.models.split(",")},
+        "models": {
+            name: bench_model(name, args.input_size, prompts, args.iters, args.warmup)
+            for name in args.models.split(",")
+        },
     }
     write_json(result, args.out)
 

@@ -102,13 +102,21 @@ def test_bucket_padding_gives_the_unpadded_results(tiny_model, features, count):
 
 def test_fp32_eager_backend_runs_the_model_unchanged(tiny_model, features):
     backend = EagerBackend(tiny_model, CPU)
-    assert backend.describe() == {"backend": "eager", "precision": "fp32", "device": "cpu", "buckets": None, "cuda_graphs": False}
+    assert backend.describe() == {
+        "backend": "eager",
+        "precision": "fp32",
+        "device": "cpu",
+        "buckets": None,
+        "cuda_graphs": False,
+    }
     image = torch.randn(1, 3, *SHAPE)
     boxes, pb = _prompts(5)
     with torch.no_grad():
         for got, want in zip(backend.image_encoder(image), tiny_model.image_encoder(image)):
             assert torch.equal(got, want)
-        for got, want in zip(backend.prompt_decoder(boxes, pb, *features), tiny_model.prompt_decoder(boxes, pb, *features)):
+        for got, want in zip(
+            backend.prompt_decoder(boxes, pb, *features), tiny_model.prompt_decoder(boxes, pb, *features)
+        ):
             assert torch.equal(got, want)
 
 
@@ -131,7 +139,9 @@ def test_fp32_islands_under_autocast():
     assert still_low.dtype == torch.bfloat16  # everything else follows autocast
     torch.testing.assert_close(norm, F.layer_norm(low.float(), (16,), weight, bias))
     torch.testing.assert_close(soft, low.float().softmax(-1))
-    torch.testing.assert_close(sampled, F.grid_sample(value.bfloat16().float(), grid.bfloat16().float(), align_corners=False))
+    torch.testing.assert_close(
+        sampled, F.grid_sample(value.bfloat16().float(), grid.bfloat16().float(), align_corners=False)
+    )
     with Fp32Islands():  # fp32 inputs: the same ops, bit for bit
         assert torch.equal(F.layer_norm(x, (16,), weight, bias), F.layer_norm(x, (16,), weight, bias))
         assert torch.equal(x.softmax(-1), torch.softmax(x, -1))
@@ -178,7 +188,9 @@ def test_tensorrt_unavailable_is_a_clear_error(tiny_model, monkeypatch):
 def test_tensorrt_unavailable_falls_back_to_eager_when_asked(tiny_model, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
     with caplog.at_level(logging.WARNING):
-        backend = create_backend("tensorrt", tiny_model, "cpu", "bf16", fallback=True, buckets=(1, 4), cache_dir="/nowhere")
+        backend = create_backend(
+            "tensorrt", tiny_model, "cpu", "bf16", fallback=True, buckets=(1, 4), cache_dir="/nowhere"
+        )
     assert isinstance(backend, EagerBackend) and backend.precision == "bf16" and backend.buckets == (1, 4)
     assert "cannot run on cpu" in caplog.text and "falling back to the eager backend (bf16)" in caplog.text
 
@@ -223,7 +235,10 @@ def test_tensorrt_precision_settings_follow_the_installed_release():
     old = {"enabled_precisions", "disable_tf32", "use_explicit_typing"}
     new = old | {"enable_autocast", "autocast_low_precision_type", "autocast_excluded_ops"}
     assert tensorrt_precision_settings(torch.float16, old) == {"enabled_precisions": {torch.float16}}
-    assert tensorrt_precision_settings(torch.float32, old) == {"disable_tf32": True, "enabled_precisions": {torch.float32}}
+    assert tensorrt_precision_settings(torch.float32, old) == {
+        "disable_tf32": True,
+        "enabled_precisions": {torch.float32},
+    }
     strong = tensorrt_precision_settings(torch.bfloat16, new)
     assert strong["use_explicit_typing"] and strong["enable_autocast"]
     assert strong["autocast_low_precision_type"] is torch.bfloat16
@@ -297,7 +312,12 @@ def test_tensorrt_backend_builds_checks_and_caches(tiny_model, built_cache, feat
 def test_engine_key_covers_weights_code_and_environment(tiny_model, built_cache):
     key = built_cache[1].key(SHAPE, 4).to_dict()
     assert key["weights_sha256"] == tiny_model.weights_sha256 and len(key["model_code"]) == 16
-    assert (key["torch_tensorrt"], key["tensorrt"], key["gpu"], key["compute_capability"]) == ("2.8.0", "10.3.0", "Fake GPU", "8.7")
+    assert (key["torch_tensorrt"], key["tensorrt"], key["gpu"], key["compute_capability"]) == (
+        "2.8.0",
+        "10.3.0",
+        "Fake GPU",
+        "8.7",
+    )
     assert (key["part"], key["bucket"], key["input_shape"], key["precision"]) == ("decoder", 4, [64, 96], "fp32")
     # a model built in memory (no checkpoint file) is keyed by a digest of its state dict
     torch.manual_seed(0)
@@ -343,7 +363,9 @@ def test_corrupt_entry_is_rebuilt_with_a_warning(tiny_model, built_cache, tmp_pa
 
 def test_no_build_at_launch_when_forbidden(tiny_model, tmp_path):
     backend = _trt(tiny_model, tmp_path, FakeCompiler(tiny_model), allow_build=False)
-    with pytest.raises(BackendError, match=r"allow_build=False; prebuild with: semsam build-engine .* --input-size 64x96"):
+    with pytest.raises(
+        BackendError, match=r"allow_build=False; prebuild with: semsam build-engine .* --input-size 64x96"
+    ):
         backend.prepare(SHAPE)
 
 
@@ -427,7 +449,13 @@ def test_gpu_low_precision_eager_accuracy(tiny_model, precision):
         pytest.skip("this GPU does not support bfloat16")
     model = tiny_model.to("cuda")
     try:
-        report = evaluate(EagerBackend(model, "cuda"), EagerBackend(model, "cuda", precision), model.preprocess, SHAPE, torch.device("cuda"))
+        report = evaluate(
+            EagerBackend(model, "cuda"),
+            EagerBackend(model, "cuda", precision),
+            model.preprocess,
+            SHAPE,
+            torch.device("cuda"),
+        )
         assert report.mean_iou >= 0.98, report.summary()
     finally:
         tiny_model.to("cpu")
@@ -443,7 +471,9 @@ def test_real_tensorrt_engines_build_once(tiny_model, tmp_path):
         first.prepare(SHAPE)
         assert [r["source"] for r in first.records] == ["built"] * 3
         assert first.accuracy[SHAPE].mean_iou >= 0.98
-        second = create_backend("tensorrt", model, "cuda", "fp16", cache_dir=tmp_path, buckets=(1, 8), allow_build=False)
+        second = create_backend(
+            "tensorrt", model, "cuda", "fp16", cache_dir=tmp_path, buckets=(1, 8), allow_build=False
+        )
         second.prepare(SHAPE)
         assert [r["source"] for r in second.records] == ["cache"] * 3
     finally:

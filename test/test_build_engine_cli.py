@@ -22,7 +22,13 @@ def _parser() -> argparse.ArgumentParser:
 def test_arguments():
     args = _parser().parse_args(["--checkpoint", "m.pth", "--input-size", "640x853", "--buckets", "8,1,64,8"])
     assert args.input_size == (640, 853) and args.buckets == (1, 8, 64)
-    assert (args.precision, args.device, args.accuracy, args.min_iou, args.cache_dir) == ("fp16", "cuda", "refuse", 0.98, None)
+    assert (args.precision, args.device, args.accuracy, args.min_iou, args.cache_dir) == (
+        "fp16",
+        "cuda",
+        "refuse",
+        0.98,
+        None,
+    )
     for bad in (["--input-size", "640"], ["--input-size", "0x960"], ["--buckets", "0,8"], ["--buckets", "a"]):
         with pytest.raises(SystemExit):
             _parser().parse_args(["--checkpoint", "m.pth", "--input-size", "640x960", *bad])
@@ -50,14 +56,28 @@ def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeyp
         return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model), **options)
 
     monkeypatch.setattr(backends, "create_backend", fake_backend)
-    argv = ["--checkpoint", str(tiny_checkpoint), "--input-size", "64x90", "--precision", "fp32", "--device", "cpu",
-            "--buckets", "1,4", "--cache-dir", str(tmp_path)]
+    argv = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--input-size",
+        "64x90",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--buckets",
+        "1,4",
+        "--cache-dir",
+        str(tmp_path),
+    ]
     assert build_engine_cli.run(_parser().parse_args(argv)) == 0
     out = capsys.readouterr().out
     assert "64x90 (padded 64x96), fp32: 3 engines built, 0 from the cache" in out
     assert "image encoder" in out and "decoder x4 prompts" in out and "mean mask IoU 1.0000" in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert [e["source"] for e in summary["engines"]] == ["built"] * 3 and all(e["size_bytes"] for e in summary["engines"])
+    assert [e["source"] for e in summary["engines"]] == ["built"] * 3 and all(
+        e["size_bytes"] for e in summary["engines"]
+    )
 
     assert build_engine_cli.run(_parser().parse_args(argv)) == 0
     out = capsys.readouterr().out
@@ -71,7 +91,19 @@ def test_refused_engines_exit_3(tiny_checkpoint, tmp_path, monkeypatch, capsys):
         return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model, negate=True), **options)
 
     monkeypatch.setattr(backends, "create_backend", fake_backend)
-    argv = ["--checkpoint", str(tiny_checkpoint), "--input-size", "64x96", "--precision", "fp32", "--device", "cpu",
-            "--buckets", "4", "--cache-dir", str(tmp_path)]
+    argv = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--input-size",
+        "64x96",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--buckets",
+        "4",
+        "--cache-dir",
+        str(tmp_path),
+    ]
     assert build_engine_cli.run(_parser().parse_args(argv)) == 3
     assert "mean mask IoU" in capsys.readouterr().err and not list(tmp_path.rglob("*.pt2"))

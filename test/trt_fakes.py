@@ -35,7 +35,13 @@ class FakeCompiler:
         self.compiled: list[int | None] = []
 
     def environment(self, device):
-        return {"torch": torch.__version__, "torch_tensorrt": self.version, "tensorrt": "10.3.0", "gpu": "Fake GPU", "compute_capability": "8.7"}
+        return {
+            "torch": torch.__version__,
+            "torch_tensorrt": self.version,
+            "tensorrt": "10.3.0",
+            "gpu": "Fake GPU",
+            "compute_capability": "8.7",
+        }
 
     def _engine(self, part: str) -> torch.fx.GraphModule:
         if part == "encoder":

@@ -29,7 +29,9 @@ class AccuracyError(RuntimeError):
 class Runner(Protocol):
     def image_encoder(self, image: Tensor) -> tuple[Tensor, Tensor]: ...
 
-    def prompt_decoder(self, boxes: Tensor, pb: Tensor, mask_features: Tensor, values: Tensor) -> tuple[Tensor, Tensor]: ...
+    def prompt_decoder(
+        self, boxes: Tensor, pb: Tensor, mask_features: Tensor, values: Tensor
+    ) -> tuple[Tensor, Tensor]: ...
 
 
 def mask_iou(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -106,9 +108,7 @@ def guard_prompts() -> Tensor:
     grid = (torch.arange(4, dtype=torch.float32) + 0.5) / 4
     cy, cx = torch.meshgrid(grid, grid, indexing="ij")
     clicks = torch.stack([cx.flatten(), cy.flatten(), torch.full((16,), 0.005), torch.full((16,), 0.005)], dim=1)
-    boxes = torch.tensor(
-        [[0.5, 0.5, 1.0, 1.0], [0.6, 0.4, 0.4, 0.4], [0.22, 0.75, 0.25, 0.3], [0.3, 0.3, 0.5, 0.2]]
-    )
+    boxes = torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.6, 0.4, 0.4, 0.4], [0.22, 0.75, 0.25, 0.3], [0.3, 0.3, 0.5, 0.2]])
     return torch.cat([clicks, boxes])
 
 

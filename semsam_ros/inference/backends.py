@@ -23,6 +23,7 @@ replayed from CUDA graphs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -94,7 +95,9 @@ class Fp32Islands(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def with_precision(fn: Callable[..., Any], device_type: str, dtype: torch.dtype, islands: bool = True) -> Callable[..., Any]:
+def with_precision(
+    fn: Callable[..., Any], device_type: str, dtype: torch.dtype, islands: bool = True
+) -> Callable[..., Any]:
     """``fn`` itself for fp32; otherwise ``fn`` run under autocast to ``dtype`` (with :class:`Fp32Islands`
     unless ``islands`` is False). The autocast weight cache is off: it must not outlive a CUDA graph capture."""
     if dtype is torch.float32:
@@ -139,7 +142,10 @@ def pad_prompts(boxes: Tensor, pb: Tensor, bucket: int) -> tuple[Tensor, Tensor]
 
 
 def decode_in_buckets(
-    run_bucket: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]], buckets: Sequence[int], boxes: Tensor, pb: Tensor
+    run_bucket: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]],
+    buckets: Sequence[int],
+    boxes: Tensor,
+    pb: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Decode ``boxes`` through ``run_bucket(bucket, boxes, pb)`` at static prompt counts; float32 results in
     prompt order (copies, so static output buffers may be reused by the next call)."""
@@ -302,7 +308,9 @@ class Backend:
                 mask_features, values = self.image_encoder(torch.zeros(1, 3, *shape, device=self.device))
                 for bucket in self.buckets:
                     boxes = torch.full((bucket, 4), 0.5, device=self.device)
-                    self.prompt_decoder(boxes, torch.zeros(bucket, dtype=torch.long, device=self.device), mask_features, values)
+                    self.prompt_decoder(
+                        boxes, torch.zeros(bucket, dtype=torch.long, device=self.device), mask_features, values
+                    )
         except BaseException:
             self._prepared.discard(shape)
             raise
@@ -353,7 +361,9 @@ class EagerBackend(Backend):
 
     name = "eager"
 
-    def __init__(self, model: SemanticSam, device: str | torch.device = "cpu", precision: str = "fp32", **options: Any) -> None:
+    def __init__(
+        self, model: SemanticSam, device: str | torch.device = "cpu", precision: str = "fp32", **options: Any
+    ) -> None:
         super().__init__(model, device, precision, **options)
         self._encode = with_precision(self.model.image_encoder, self.device.type, self.dtype)
         self._decode = with_precision(self.model.prompt_decoder, self.device.type, self.dtype)
@@ -455,7 +465,9 @@ class EngineCompiler(Protocol):
     def environment(self, device: torch.device) -> dict[str, str]:
         """EngineKey fields: torch, torch_tensorrt and tensorrt versions, gpu name, compute_capability."""
 
-    def compile(self, exported: torch.export.ExportedProgram, inputs: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> nn.Module: ...
+    def compile(
+        self, exported: torch.export.ExportedProgram, inputs: Sequence[Tensor], dtype: torch.dtype, device: torch.device
+    ) -> nn.Module: ...
 
     def save(self, engine: nn.Module, path: Path, inputs: Sequence[Tensor]) -> None: ...
 
@@ -473,7 +485,9 @@ class TorchTensorRTCompiler:
         try:
             self.trt = importlib.import_module("torch_tensorrt")
         except Exception as exc:  # ImportError, or an ABI mismatch with this torch
-            raise BackendError(f"torch_tensorrt cannot be imported ({type(exc).__name__}: {exc}); {TENSORRT_HINT}") from exc
+            raise BackendError(
+                f"torch_tensorrt cannot be imported ({type(exc).__name__}: {exc}); {TENSORRT_HINT}"
+            ) from exc
         self.settings = settings
 
     def environment(self, device: torch.device) -> dict[str, str]:
@@ -486,7 +500,9 @@ class TorchTensorRTCompiler:
             "compute_capability": f"{props.major}.{props.minor}",
         }
 
-    def compile(self, exported: torch.export.ExportedProgram, inputs: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> nn.Module:
+    def compile(
+        self, exported: torch.export.ExportedProgram, inputs: Sequence[Tensor], dtype: torch.dtype, device: torch.device
+    ) -> nn.Module:
         parameters = inspect.signature(self.trt.dynamo.compile).parameters
         settings = {**tensorrt_precision_settings(dtype, parameters), **self.settings}
         return self.trt.dynamo.compile(exported, arg_inputs=list(inputs), device=device, **settings)
@@ -623,7 +639,9 @@ class TensorRTBackend(Backend):
             examples = self._examples(shape)
             for i, part in enumerate(missing, 1):
                 what = "image encoder" if part is None else f"prompt decoder, {part} prompts"
-                log.info("TensorRT [%d/%d]: building %s at %dx%d, %s ...", i, len(missing), what, *shape, self.precision)
+                log.info(
+                    "TensorRT [%d/%d]: building %s at %dx%d, %s ...", i, len(missing), what, *shape, self.precision
+                )
                 start = time.perf_counter()
                 module = self.model.image_encoder if part is None else self.model.prompt_decoder
                 with torch.inference_mode(False):
@@ -636,7 +654,10 @@ class TensorRTBackend(Backend):
             if ops:
                 listed = ", ".join(f"{op} x{n}" for op, n in sorted(ops.items()))
                 what = "image encoder" if part is None else f"{part}-prompt decoder"
-                log_once(logging.WARNING, f"TensorRT {what} ({self.precision}): {sum(ops.values())} ops run in PyTorch: {listed}")
+                log_once(
+                    logging.WARNING,
+                    f"TensorRT {what} ({self.precision}): {sum(ops.values())} ops run in PyTorch: {listed}",
+                )
         if not built:
             self._engines[shape] = engines
             return
@@ -649,12 +670,17 @@ class TensorRTBackend(Backend):
         )
         self.accuracy[shape] = report
         log.info("TensorRT %dx%d %s accuracy against fp32 eager: %s", *shape, self.precision, report.summary())
-        check(report, f"TensorRT {self.precision} engines for {shape[0]}x{shape[1]}", self.min_mean_iou, self.on_accuracy_failure)
+        check(
+            report,
+            f"TensorRT {self.precision} engines for {shape[0]}x{shape[1]}",
+            self.min_mean_iou,
+            self.on_accuracy_failure,
+        )
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for part, (seconds, inputs) in built.items():
             key = self.key(shape, part)
             info = {"build_seconds": round(seconds, 3), "created": created, "accuracy": report.summary()}
-            self.cache.store(key, lambda path: self.compiler.save(engines[part], path, inputs), info)
+            self.cache.store(key, functools.partial(self.compiler.save, engines[part], inputs=inputs), info)
             self._record(key, "built", seconds)
         self._engines[shape] = engines
 
@@ -666,7 +692,12 @@ class TensorRTBackend(Backend):
             examples: dict[int | None, tuple[Tensor, ...]] = {None: (image,)}
             for bucket in self.buckets:
                 boxes = torch.full((bucket, 4), 0.5, device=self.device)
-                examples[bucket] = (boxes, torch.zeros(bucket, dtype=torch.long, device=self.device), mask_features, values)
+                examples[bucket] = (
+                    boxes,
+                    torch.zeros(bucket, dtype=torch.long, device=self.device),
+                    mask_features,
+                    values,
+                )
         return examples
 
 

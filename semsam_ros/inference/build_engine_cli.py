@@ -26,7 +26,7 @@ HELP = "build and cache TensorRT engines for a checkpoint, input size and precis
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """"640x960" -> (640, 960)."""
+    """ "640x960" -> (640, 960)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -37,11 +37,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_buckets(text: str) -> tuple[int, ...]:
-    """"1,8,64" -> (1, 8, 64)."""
+    """ "1,8,64" -> (1, 8, 64)."""
     try:
         buckets = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated prompt counts such as 1,8,64, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated prompt counts such as 1,8,64, got {text!r}"
+        ) from None
     if not buckets or buckets[0] < 1:
         raise argparse.ArgumentTypeError(f"prompt counts must be positive, got {text!r}")
     return buckets
@@ -49,7 +51,9 @@ def parse_buckets(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="official .pth or semsam .safetensors")
-    parser.add_argument("--config", default=None, help="swint, swinl or an official YAML (default: from the checkpoint)")
+    parser.add_argument(
+        "--config", default=None, help="swint, swinl or an official YAML (default: from the checkpoint)"
+    )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
     parser.add_argument(
         "--input-size",
@@ -58,11 +62,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HxW",
         help="model input after the short-side resize, e.g. 640x960 (3:2 camera) or 640x853 (4:3); padded to /32",
     )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="engine cache (default: $SEMSAM_ENGINE_CACHE or ~/.cache/semsam_ros/engines)")
-    parser.add_argument("--buckets", type=parse_buckets, default=DEFAULT_BUCKETS, metavar="N,N,...", help="decoder prompt counts (default 1,8,64)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="engine cache (default: $SEMSAM_ENGINE_CACHE or ~/.cache/semsam_ros/engines)",
+    )
+    parser.add_argument(
+        "--buckets",
+        type=parse_buckets,
+        default=DEFAULT_BUCKETS,
+        metavar="N,N,...",
+        help="decoder prompt counts (default 1,8,64)",
+    )
     parser.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
-    parser.add_argument("--accuracy", choices=ON_FAILURE, default="refuse", help="when masks differ from fp32 eager: refuse (default) or warn")
-    parser.add_argument("--min-iou", type=float, default=MIN_MEAN_IOU, help=f"mean mask IoU the engines must reach (default {MIN_MEAN_IOU})")
+    parser.add_argument(
+        "--accuracy",
+        choices=ON_FAILURE,
+        default="refuse",
+        help="when masks differ from fp32 eager: refuse (default) or warn",
+    )
+    parser.add_argument(
+        "--min-iou",
+        type=float,
+        default=MIN_MEAN_IOU,
+        help=f"mean mask IoU the engines must reach (default {MIN_MEAN_IOU})",
+    )
 
 
 def _summary(backend: Any, shape: tuple[int, int]) -> dict[str, Any]:

@@ -145,7 +145,9 @@ class EngineCache:
             return None
         if data["key"] != key.to_dict():
             wanted = key.to_dict()
-            diff = [f"{k}: cached {data['key'].get(k)!r}, now {v!r}" for k, v in wanted.items() if data["key"].get(k) != v]
+            diff = [
+                f"{k}: cached {data['key'].get(k)!r}, now {v!r}" for k, v in wanted.items() if data["key"].get(k) != v
+            ]
             self._discard(key, "built for a different setup: " + "; ".join(diff or ["unknown fields"]))
             return None
         if not engine.is_file():
@@ -153,7 +155,9 @@ class EngineCache:
             return None
         size = engine.stat().st_size
         if size != data.get("size_bytes") or sha256_file(engine) != data.get("sha256"):
-            self._discard(key, f"engine file does not match its manifest (size {size}, recorded {data.get('size_bytes')})")
+            self._discard(
+                key, f"engine file does not match its manifest (size {size}, recorded {data.get('size_bytes')})"
+            )
             return None
         try:
             return load(engine)
