@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from semsam_ros.cli import UserError, load_predictor, one_line, parse_levels
+from semsam_ros.cli import UserError, add_model_arguments, load_predictor, one_line, parse_levels
 from semsam_ros.ros.convert import LEVELS, PromptRequest, prompt_from_msg, stamp_to_ns
 from semsam_ros.ros.core import Frame, Hooks, NodeCore, NodeParams, Output, update_sticky
 from semsam_ros.ros.images import rgb_to_image
@@ -843,10 +843,7 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output bag directory (must not exist)")
     parser.add_argument("--image-topic", action="append", required=True, metavar="TOPIC",
                         help="sensor_msgs/Image or CompressedImage topic to segment; repeat for more")
-    parser.add_argument("--checkpoint", required=True, help="official .pth or converted .safetensors")
-    parser.add_argument("--config", help="swint, swinl or an official YAML (default: read from the checkpoint)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--input-size", type=int, default=640, help="short side the model sees (default: 640)")
+    add_model_arguments(parser)
     parser.add_argument("--prompts", type=Path, metavar="YAML", help="pixel points/boxes per image topic")
     parser.add_argument("--prompt-topic", action="append", default=[], metavar="[IMAGE_TOPIC=]TOPIC",
                         help="recorded semsam_ros/msg/Prompt topic (bare: for every image topic)")

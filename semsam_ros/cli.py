@@ -102,11 +102,19 @@ def make_out_dir(path: Path) -> None:
         raise UserError(f"cannot create the output folder {path}: {exc}") from None
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --config, --device, --input-size, --backend, --precision (read by :func:`load_predictor`)."""
     parser.add_argument("--checkpoint", required=True, help="official .pth or converted .safetensors")
     parser.add_argument("--config", help="swint, swinl or an official YAML (default: read from the checkpoint)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--input-size", type=int, default=640, help="short side the model sees (default: 640)")
+    parser.add_argument("--backend", choices=("eager", "compile", "tensorrt"), default="eager",
+                        help="how the model runs (default: eager); tensorrt engines are cached, see docs/deployment.md")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="(default: fp32)")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     parser.add_argument("--levels", type=parse_levels, default=LEVEL_CHOICES,
                         help="granularity levels, 1 (coarse) .. 6 (fine), e.g. 1,3,6 (default: all)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
@@ -127,10 +135,10 @@ def resolve_device(args: argparse.Namespace) -> Any:
 
 
 def load_predictor(args: argparse.Namespace) -> Any:
-    """semsam_ros.Predictor for --checkpoint/--config/--device/--input-size; UserError when they are wrong."""
-    import torch
+    """semsam_ros.Predictor for the :func:`add_model_arguments` options; UserError when they are wrong."""
 
     from semsam_ros.checkpoint import CheckpointError, load_model
+    from semsam_ros.inference.backends import BackendError
     from semsam_ros.inference.predictor import Predictor
 
     device = resolve_device(args)
@@ -138,9 +146,10 @@ def load_predictor(args: argparse.Namespace) -> Any:
         raise UserError(f"--input-size must be at least 32, got {args.input_size}")
     try:
         model = load_model(args.checkpoint, args.config)
-    except (CheckpointError, ValueError) as exc:
+        return Predictor(model, device=device, input_size=args.input_size, backend=args.backend,
+                         precision=args.precision)
+    except (CheckpointError, BackendError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    return Predictor(model, device=device, input_size=args.input_size)
 
 
 def one_line(message: str, limit: int = 300) -> str:

@@ -135,6 +135,8 @@ def test_info_and_convert(files: dict[str, Path], tmp_path: Path, capsys: pytest
     pytest.param(["segment", "{image}", "--point", "1,1", "--device", "cuda:0"], 1, "CUDA is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
     (["segment", "{image}", "--point", "1,1", "--device", "tpu9"], 1, "bad --device"),
+    (["segment", "{image}", "--point", "1,1", "--checkpoint", "{ckpt}", "--backend", "tensorrt"], 1,
+     "backend 'tensorrt' (fp32) cannot run on cpu"),
     (["segment", "{image}", "--point", "1,1", "--input-size", "8"], 1, "--input-size must be at least 32"),
     (["auto", "{image}", "--points-per-side", "0"], 1, "points_per_side"),
     (["segment", "{image}", "--point", "1,1", "--out", "{image}"], 1, "cannot create the output folder"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from semsam_ros.config import LEVEL_TO_TOKEN, ModelConfig
 from semsam_ros.model.deform_attn import DeformableAttention, split_levels

@@ -14,6 +14,7 @@ for _module in ("semsam_ros.testing", "semsam_ros.inference.postprocess", "semsa
                 "semsam_ros.geometry.mask3d", "semsam_ros.semantics.hierarchy"):
     pytest.importorskip(_module, reason=f"{_module} is not in this checkout yet")
 
+from semsam_ros.inference.backends import BackendError  # noqa: E402
 from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt  # noqa: E402
 from semsam_ros.ros.convert import PromptRequest, make_header, msg_to_segments  # noqa: E402
 from semsam_ros.ros.core import NodeCore, NodeParams  # noqa: E402
@@ -36,11 +37,11 @@ def image() -> np.ndarray:
     return np.dstack([xs * 2, ys * 2, ((xs // 16 + ys // 16) % 2) * 255]).astype(np.uint8)
 
 
-def test_load_failures_name_the_reason(tmp_path):
+def test_load_failures_name_the_reason(tmp_path, checkpoint):
     with pytest.raises(ValueError, match="no checkpoint given"):
         load_predictor(NodeParams())
-    with pytest.raises(ValueError, match="backend 'tensorrt'"):
-        load_predictor(NodeParams(checkpoint="x.pth", backend="tensorrt"))
+    with pytest.raises(BackendError, match=r"backend 'tensorrt' \(fp16\) cannot run on cpu: .*torch_tensorrt"):
+        load_predictor(NodeParams(checkpoint=str(checkpoint), device="cpu", backend="tensorrt", precision="fp16"))
     with pytest.raises(Exception, match="missing.pth"):
         load_predictor(NodeParams(checkpoint=str(tmp_path / "missing.pth"), device="cpu"))
 

@@ -24,21 +24,23 @@ def resolve_device(name: str) -> str:
 
 
 def load_predictor(params: NodeParams) -> tuple[Any, str]:
-    """(Predictor, model_id) for ``params``, warmed up on one blank frame. Raises with the reason on failure."""
+    """(Predictor, model_id) for ``params``. Raises with the reason on failure.
+
+    The eager backend is warmed up on one blank frame. Compiled backends (compile, tensorrt) are built for the
+    camera's own size on its first frame, or loaded from the engine cache when ``semsam build-engine`` prebuilt
+    them, so a robot never compiles at launch.
+    """
     import semsam_ros
 
     if not params.checkpoint:
         raise ValueError("no checkpoint given (parameter 'checkpoint')")
-    if (params.backend, params.precision) != ("eager", "fp32"):
-        raise ValueError(
-            f"backend {params.backend!r} with precision {params.precision!r} is not available in this build "
-            "(use backend 'eager', precision 'fp32')"
-        )
     model = semsam_ros.load_model(params.checkpoint, config=params.model_config or None)
-    predictor = semsam_ros.Predictor(model, device=resolve_device(params.device), input_size=params.input_size)
-    blank = np.zeros(WARMUP_SHAPE, dtype=np.uint8)
-    predictor.set_embedding(predictor.encode(blank))
-    predictor.predict(points=np.array([[WARMUP_SHAPE[1] / 2, WARMUP_SHAPE[0] / 2]]))
+    predictor = semsam_ros.Predictor(model, device=resolve_device(params.device), input_size=params.input_size,
+                                     backend=params.backend, precision=params.precision)
+    if params.backend == "eager":
+        blank = np.zeros(WARMUP_SHAPE, dtype=np.uint8)
+        predictor.set_embedding(predictor.encode(blank))
+        predictor.predict(points=np.array([[WARMUP_SHAPE[1] / 2, WARMUP_SHAPE[0] / 2]]))
     return predictor, model.model_id
 
 
