@@ -509,14 +509,7 @@ class NodeCore:
                 self._report("image", exc)
                 raise
         height, width = frame.rgb.shape[:2]
-        valid = []
-        for prompt in prompts:
-            try:
-                self._check(prompt, height, width)
-            except PromptError as exc:
-                self._report("prompt", exc)
-                continue
-            valid.append(prompt)
+        valid = self._fitting(prompts, height, width)
         if valid or auto:
             return self._run(frame, valid, auto, strict=True)
         message = segments_to_msg(self.types, [], frame.header, (height, width), self.model_id)
@@ -623,13 +616,11 @@ class NodeCore:
                 "outside",
             )
 
-    def _process(
-        self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool, start: float
-    ) -> Output | None:
-        """Segment ``prompts`` (and everything, when ``auto``) on the decoded ``frame``; ``start``: perf_counter
-        when its work began."""
-        params = self.params
-        height, width = frame.rgb.shape[:2]
+    def _fitting(
+        self, prompts: Sequence[PromptRequest], height: int, width: int, strict: bool = False
+    ) -> list[PromptRequest]:
+        """The prompts that fit a ``height`` x ``width`` image; the others are counted and logged (raised when
+        ``strict``)."""
         valid = []
         for prompt in prompts:
             try:
@@ -640,6 +631,16 @@ class NodeCore:
                 self._report("prompt", exc)
                 continue
             valid.append(prompt)
+        return valid
+
+    def _process(
+        self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool, start: float
+    ) -> Output | None:
+        """Segment ``prompts`` (and everything, when ``auto``) on the decoded ``frame``; ``start``: perf_counter
+        when its work began."""
+        params = self.params
+        height, width = frame.rgb.shape[:2]
+        valid = self._fitting(prompts, height, width, strict=strict)
         if not valid and not auto:
             return None
         encode_ms = 0.0
