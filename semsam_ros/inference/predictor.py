@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class Predictor:
 
     ``backend`` ("eager", "compile", "tensorrt", or a :class:`~semsam_ros.inference.backends.Backend`) and
     ``precision`` ("fp32", "fp16", "bf16") choose how the model runs; ``cache_dir`` is where TensorRT engines are
-    kept. ``image_encoder`` and ``prompt_decoder`` replace the backend's callables (same signatures) when given.
+    kept.
     """
 
     def __init__(
@@ -122,8 +122,6 @@ class Predictor:
         model: SemanticSam,
         device: str | torch.device = "cpu",
         input_size: int = 640,
-        image_encoder: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
-        prompt_decoder: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         *,
         backend: str | Backend = "eager",
         precision: str = "fp32",
@@ -141,8 +139,6 @@ class Predictor:
         else:
             options = {"cache_dir": cache_dir} if backend == "tensorrt" else {}
             self.backend = create_backend(backend, self.model, self.device, precision, **options)
-        self.image_encoder = image_encoder or self.backend.image_encoder
-        self.prompt_decoder = prompt_decoder or self.backend.prompt_decoder
         self._upload = ImageUploader(self.device)
         self.embedding: ImageEmbedding | None = None
 
@@ -158,7 +154,7 @@ class Predictor:
         resized = resize_image(image, self.input_size)
         tensor = self._upload(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)
         x = self.model.preprocess(tensor)  # normalised and padded on the device
-        mask_features, values = self.image_encoder(x)
+        mask_features, values = self.backend.image_encoder(x)
         return ImageEmbedding(
             mask_features, values, image.shape[:2], resized.shape[:2], (int(x.shape[2]), int(x.shape[3]))
         )
@@ -199,7 +195,7 @@ class Predictor:
             _, _, h4, w4 = emb.mask_features.shape
             empty = emb.mask_features.new_zeros((0, len(LEVELS)))
             return empty.new_zeros((0, len(LEVELS), h4, w4)), empty
-        return self.prompt_decoder(padded.to(self.device), pb, emb.mask_features, emb.values)
+        return self.backend.prompt_decoder(padded.to(self.device), pb, emb.mask_features, emb.values)
 
     @torch.inference_mode()
     def upsample_logits(self, lowres: Tensor) -> Tensor:
