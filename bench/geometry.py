@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 import geometry_scenes as gs  # noqa: E402
 
 from semsam_ros.geometry import CameraModel, depth_to_meters, segments_cloud, segments_to_3d  # noqa: E402
-from semsam_ros.inference.segments import make_segment  # noqa: E402
+from semsam_ros.types import make_segment  # noqa: E402
 
 WIDTH, HEIGHT = 640, 480
 K = np.array([[525.0, 0.0, 319.5], [0.0, 525.0, 239.5], [0.0, 0.0, 1.0]])

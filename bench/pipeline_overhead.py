@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from semsam_ros.inference.segments import make_segment
+from semsam_ros.types import make_segment
 from semsam_ros.ros.convert import PromptRequest, make_header, segments_to_msg
 from semsam_ros.ros.core import Hooks, NodeCore, NodeParams
 from semsam_ros.ros.images import image_to_rgb, rgb_to_compressed, rgb_to_image

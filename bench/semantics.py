@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semsam_ros.inference.segments import make_segment  # noqa: E402
+from semsam_ros.types import make_segment  # noqa: E402
 from semsam_ros.semantics import DEFAULT_MODEL, RegionLabeller, build_hierarchy  # noqa: E402
 
 

@@ -14,7 +14,7 @@ _LAZY = {
     "Predictor": "semsam_ros.inference.predictor",
     "Prediction": "semsam_ros.inference.predictor",
     "AutomaticMaskGenerator": "semsam_ros.inference.amg",
-    "Segment": "semsam_ros.inference.segments",
+    "Segment": "semsam_ros.types",
 }
 
 __all__ = list(_LAZY)

@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from semsam_ros.cli import UserError, add_model_arguments, load_predictor, one_line, parse_levels
-from semsam_ros.ros.convert import LEVELS, PromptRequest, prompt_from_msg, stamp_to_ns
+from semsam_ros.ros.convert import PromptRequest, prompt_from_msg, stamp_to_ns
+from semsam_ros.types import LEVELS
 from semsam_ros.ros.core import Frame, Hooks, NodeCore, NodeParams, Output, update_sticky
 from semsam_ros.ros.images import rgb_to_image
 from semsam_ros.ros.msgtypes import MessageTypes

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
-LEVEL_CHOICES = (1, 2, 3, 4, 5, 6)
+from semsam_ros.types import BACKENDS, DEFAULT_CLIP_MODEL, KIND_NAMES, LEVELS, PRECISIONS
 
 
 class UserError(Exception):
@@ -74,7 +74,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
         levels = tuple(int(v) for v in text.split(","))
     except ValueError:
         levels = ()
-    if not levels or len(set(levels)) != len(levels) or not set(levels) <= set(LEVEL_CHOICES):
+    if not levels or len(set(levels)) != len(levels) or not set(levels) <= set(LEVELS):
         raise argparse.ArgumentTypeError(f"levels must be distinct numbers among 1..6 like 1,3,6, got {text!r}")
     return levels
 
@@ -108,14 +108,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="swint, swinl or an official YAML (default: read from the checkpoint)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--input-size", type=int, default=640, help="short side the model sees (default: 640)")
-    parser.add_argument("--backend", choices=("eager", "compile", "tensorrt"), default="eager",
+    parser.add_argument("--backend", choices=BACKENDS, default="eager",
                         help="how the model runs (default: eager); tensorrt engines are cached, see docs/deployment.md")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="(default: fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(default: fp32)")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--levels", type=parse_levels, default=LEVEL_CHOICES,
+    parser.add_argument("--levels", type=parse_levels, default=LEVELS,
                         help="granularity levels, 1 (coarse) .. 6 (fine), e.g. 1,3,6 (default: all)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -171,8 +171,6 @@ def _finite(value: float) -> float | None:
 
 # semantics (segment and auto) ---------------------------------------------------------------------------------
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"  # semsam_ros.semantics.DEFAULT_MODEL, without importing torch
-KIND_NAMES = {0: "unknown", 1: "object", 2: "part"}
 
 
 def parse_names(text: str) -> list[str]:
@@ -427,7 +425,7 @@ def _run_auto(args: argparse.Namespace) -> int:
     from semsam_ros.inference.amg import AutomaticMaskGenerator
     from semsam_ros.inference.postprocess import rle_to_mask
     from semsam_ros.inference.render import render_overlay
-    from semsam_ros.inference.segments import make_segment
+    from semsam_ros.types import make_segment
 
     image = read_image(args.image)
     vocabulary = check_semantics(args)

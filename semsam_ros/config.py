@@ -8,9 +8,7 @@ from typing import Any
 
 import yaml
 
-# Granularity level k (1 = coarsest .. 6 = finest) is produced by mask token LEVEL_TO_TOKEN[k].
-LEVEL_TO_TOKEN: dict[int, int] = {1: 3, 2: 2, 3: 0, 4: 4, 5: 1, 6: 5}
-LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+from semsam_ros.types import LEVELS
 
 
 @dataclass(frozen=True)

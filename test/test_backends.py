@@ -151,7 +151,7 @@ def test_fp32_islands_under_autocast():
 def test_low_precision_eager_backend_against_fp32(tiny_model, precision):
     backend = EagerBackend(tiny_model, CPU, precision)
     mask_features, values = backend.image_encoder(torch.randn(1, 3, *SHAPE))
-    assert mask_features.dtype == values.dtype == backends.PRECISIONS[precision]
+    assert mask_features.dtype == values.dtype == backends.DTYPES[precision]
     logits, ious = backend.prompt_decoder(*_prompts(2), mask_features, values)
     assert logits.dtype == ious.dtype == torch.float32
     report = evaluate(EagerBackend(tiny_model, CPU), backend, tiny_model.preprocess, SHAPE, CPU)

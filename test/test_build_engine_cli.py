@@ -34,12 +34,6 @@ def test_arguments():
             _parser().parse_args(["--checkpoint", "m.pth", "--input-size", "640x960", *bad])
 
 
-def test_light_constants_match_the_backends():
-    assert set(build_engine_cli.PRECISIONS) == set(backends.PRECISIONS)
-    assert build_engine_cli.DEFAULT_BUCKETS == backends.DEFAULT_BUCKETS
-    assert (build_engine_cli.MIN_MEAN_IOU, build_engine_cli.ON_FAILURE) == (accuracy.MIN_MEAN_IOU, accuracy.ON_FAILURE)
-
-
 def test_without_tensorrt_it_fails_clearly(tiny_checkpoint, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
     args = _parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--input-size", "64x96", "--device", "cpu"])

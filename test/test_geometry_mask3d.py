@@ -6,7 +6,7 @@ from scipy import ndimage
 import geometry_scenes as gs
 from semsam_ros.geometry import CameraModel, Mask3D, depth_to_meters, mask_to_3d, segments_to_3d, transform
 from semsam_ros.geometry.mask3d import matrix_to_quaternion, quaternion_to_matrix
-from semsam_ros.inference.segments import make_segment
+from semsam_ros.types import make_segment
 
 CAM = CameraModel(gs.K, gs.W, gs.H)
 RAYS = gs.pixel_rays()

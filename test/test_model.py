@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from semsam_ros.config import LEVEL_TO_TOKEN, ModelConfig
+from semsam_ros.config import ModelConfig
+from semsam_ros.types import LEVEL_TO_TOKEN
 from semsam_ros.model.deform_attn import DeformableAttention, split_levels
 from semsam_ros.model.prompt_decoder import inverse_sigmoid, memory_shapes
 from semsam_ros.model.swin import relative_position_index, shift_attention_mask

@@ -5,7 +5,7 @@ import numpy as np
 
 from semsam_ros.inference.palette import segment_color
 from semsam_ros.inference.render import PROMPT_COLOR, mask_contour, render_level_grid, render_overlay
-from semsam_ros.inference.segments import make_segment
+from semsam_ros.types import make_segment
 
 
 def scene() -> tuple[np.ndarray, list]:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from semsam_ros.inference.segments import KIND_PART, make_segment  # noqa: E402
+from semsam_ros.types import KIND_PART, make_segment  # noqa: E402
 from semsam_ros.ros.convert import (  # noqa: E402
     PromptRequest,
     copy_header,

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from semsam_ros.inference.segments import make_segment  # noqa: E402
+from semsam_ros.types import make_segment  # noqa: E402
 from semsam_ros.ros.convert import PromptRequest, make_header, msg_to_segments, stamp_to_ns  # noqa: E402
 from semsam_ros.ros.core import RUNTIME_PARAMS, Hooks, NodeCore, NodeParams  # noqa: E402
 from semsam_ros.ros.images import array_to_image, rgb_to_image  # noqa: E402

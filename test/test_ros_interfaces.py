@@ -211,7 +211,7 @@ def test_every_interface_is_generated_by_cmake():
 
 
 def test_kind_constants_match_the_segment_record():
-    from semsam_ros.inference.segments import KIND_OBJECT, KIND_PART, KIND_UNKNOWN
+    from semsam_ros.types import KIND_OBJECT, KIND_PART, KIND_UNKNOWN
 
     segment = make_typestore().types["semsam_ros/msg/Segment"]
     assert (segment.KIND_UNKNOWN, segment.KIND_OBJECT, segment.KIND_PART) == (KIND_UNKNOWN, KIND_OBJECT, KIND_PART)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semsam_ros.inference.segments import make_segment
+from semsam_ros.types import make_segment
 from semsam_ros.semantics import (
     Vocabulary,
     ancestors,

@@ -9,7 +9,7 @@ pytest.importorskip(
     "transformers", reason="the region labeller needs transformers (pip install 'semsam_ros[semantics]')"
 )
 
-from semsam_ros.inference.segments import KIND_OBJECT, KIND_PART, make_segment  # noqa: E402
+from semsam_ros.types import KIND_OBJECT, KIND_PART, make_segment  # noqa: E402
 from semsam_ros.semantics import (  # noqa: E402
     RegionLabeller,
     Vocabulary,

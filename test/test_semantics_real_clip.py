@@ -23,7 +23,7 @@ pytest.importorskip(
 
 from huggingface_hub import try_to_load_from_cache  # noqa: E402
 
-from semsam_ros.inference.segments import KIND_OBJECT, KIND_PART, make_segment  # noqa: E402
+from semsam_ros.types import KIND_OBJECT, KIND_PART, make_segment  # noqa: E402
 from semsam_ros.semantics import DEFAULT_MODEL, RegionLabeller, Vocabulary, annotate, select  # noqa: E402
 
 MODEL = os.environ.get("SEMSAM_CLIP_MODEL", DEFAULT_MODEL)

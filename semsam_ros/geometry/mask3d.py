@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from semsam_ros.geometry.camera import CameraModel
-from semsam_ros.inference.segments import mask_bbox
+from semsam_ros.types import mask_bbox
 
 DEFAULT_MIN_POINTS = 30
 DEFAULT_MAX_POINTS = 1024

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..types import MIN_MEAN_IOU, ON_FAILURE
+
 log = logging.getLogger(__name__)
 
-MIN_MEAN_IOU = 0.98
-ON_FAILURE = ("refuse", "warn")
 GUARD_CHUNKS = (1, 5, 14)  # prompts per decoder call, so that the 1-, 8- and 64-prompt buckets all run
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semsam_ros.config import LEVELS
+from semsam_ros.types import LEVELS
 from semsam_ros.inference.postprocess import (
     area_from_rle,
     batched_mask_to_box,
@@ -27,7 +27,7 @@ from semsam_ros.inference.postprocess import (
     rle_to_mask,
     stability_score,
 )
-from semsam_ros.inference.segments import Segment, make_segment
+from semsam_ros.types import Segment, make_segment
 
 # Masks upsampled at once: bounds the memory of full-resolution float logits (32 x 640 x 853 x 4 B = 70 MB).
 _UPSAMPLE_CHUNK = 32

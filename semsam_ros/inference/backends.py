@@ -43,14 +43,13 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..model.semantic_sam import SemanticSam
-from .accuracy import MIN_MEAN_IOU, AccuracyReport, check, evaluate
+from ..types import BACKENDS, DEFAULT_BUCKETS, MIN_MEAN_IOU, PRECISIONS
+from .accuracy import AccuracyReport, check, evaluate
 from .engine_cache import EngineCache, EngineKey
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BACKENDS = ("eager", "compile", "tensorrt")
-DEFAULT_BUCKETS = (1, 8, 64)
+DTYPES: dict[str, torch.dtype] = dict(zip(PRECISIONS, (torch.float32, torch.float16, torch.bfloat16)))
 TENSORRT_HINT = "pip install torch-tensorrt matching your torch version; on Jetson see docs/deployment.md"
 
 Shape = tuple[int, int]
@@ -267,7 +266,7 @@ class Backend:
             raise ValueError(f"cuda_graphs needs a CUDA device, got {self.device}")
         self.model = model.to(self.device).eval()
         self.precision = precision
-        self.dtype = PRECISIONS[precision]
+        self.dtype = DTYPES[precision]
         self.buckets = tuple(sorted({int(b) for b in buckets}))
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.static_prompts = static_prompts or self.cuda_graphs

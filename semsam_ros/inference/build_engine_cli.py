@@ -15,12 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# the same values as semsam_ros.inference.backends / .accuracy (test_build_engine_cli checks), kept here so that
-# building the argument parser does not import torch
-PRECISIONS = ("fp32", "fp16", "bf16")
-DEFAULT_BUCKETS = (1, 8, 64)
-MIN_MEAN_IOU = 0.98
-ON_FAILURE = ("refuse", "warn")
+from ..types import DEFAULT_BUCKETS, MIN_MEAN_IOU, ON_FAILURE, PRECISIONS
+
 
 HELP = "build and cache TensorRT engines for a checkpoint, input size and precision"
 

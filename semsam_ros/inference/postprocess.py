@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from semsam_ros.config import LEVELS
-from semsam_ros.inference.segments import Segment, make_segment
+from semsam_ros.types import LEVELS
+from semsam_ros.types import Segment, make_segment
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 

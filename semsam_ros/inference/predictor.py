@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..config import LEVELS
+from ..types import LEVELS
 from ..model.semantic_sam import SemanticSam
 from .backends import Backend, ImageUploader, create_backend
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from semsam_ros.config import LEVELS
+from semsam_ros.types import LEVELS
 from semsam_ros.inference.palette import segment_color
-from semsam_ros.inference.segments import Segment
+from semsam_ros.types import Segment
 
 PROMPT_COLOR = (255, 32, 32)
 _OUTLINE = (255, 255, 255)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import LEVEL_TO_TOKEN, LEVELS
+from ..types import LEVEL_TO_TOKEN, LEVELS
 from .deform_attn import DeformableAttention, LevelShapes, split_levels
 
 INVERSE_SIGMOID_EPS = 1e-5

@@ -6,30 +6,13 @@ function serves rclpy and rosbags messages alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from semsam_ros.inference.segments import Segment
+from semsam_ros.types import LEVELS, Segment, Segment3D
 from semsam_ros.ros.images import image_to_array, mono_to_image
 from semsam_ros.ros.msgtypes import MessageTypes
-
-LEVELS = (1, 2, 3, 4, 5, 6)
-
-
-class Segment3D(Protocol):
-    """What the 3D layer reports for one segment (``geometry.Mask3D``; only these attributes are read)."""
-
-    valid: bool
-    position: Sequence[float]  # robust centroid x, y, z in metres
-    box_center: Sequence[float]  # centre of the oriented box
-    orientation: Sequence[float]  # box axes as a quaternion x, y, z, w
-    size: Sequence[float]  # box extents in metres along its own axes
-    normal: Sequence[float]  # unit surface normal at the centroid, towards the camera
-    axis: Sequence[float]  # unit principal axis
-    point_count: int
-    valid_ratio: float
-
 
 @dataclass
 class PromptRequest:

@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from semsam_ros.inference.segments import Segment
-from semsam_ros.ros.convert import LEVELS, PromptRequest, Segment3D, segments_to_msg, stamp_to_ns
+from semsam_ros.types import BACKENDS, LEVELS, PRECISIONS, Segment, Segment3D
+from semsam_ros.ros.convert import PromptRequest, segments_to_msg, stamp_to_ns
 from semsam_ros.ros.images import image_to_depth, image_to_rgb
 from semsam_ros.ros.msgtypes import MessageTypes
 
@@ -98,10 +98,8 @@ class NodeParams:
 
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        need(self.backend in ("eager", "compile", "tensorrt"),
-             f"backend must be eager, compile or tensorrt, got {self.backend!r}")
-        need(self.precision in ("fp32", "fp16", "bf16"),
-             f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        need(self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.input_size >= 32, f"input_size must be >= 32, got {self.input_size}")
         need(self.image_transport in ("raw", "compressed"),
              f"image_transport must be raw or compressed, got {self.image_transport!r}")

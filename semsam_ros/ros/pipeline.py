@@ -93,10 +93,11 @@ def build_hooks(params: NodeParams, device: str, want_points: Callable[[], bool]
 
     labeller = None
     if params.semantics:
-        from semsam_ros.semantics import DEFAULT_MODEL, RegionLabeller
+        from semsam_ros.semantics import RegionLabeller
+        from semsam_ros.types import DEFAULT_CLIP_MODEL
 
         vocabulary = vocabulary_from_params(params.vocabulary, params.vocabulary_objects, params.vocabulary_parts)
-        labeller = RegionLabeller(params.clip_model or DEFAULT_MODEL, vocabulary=vocabulary, device=device)
+        labeller = RegionLabeller(params.clip_model or DEFAULT_CLIP_MODEL, vocabulary=vocabulary, device=device)
 
     def annotate(rgb: np.ndarray, segments: list) -> list:
         ordered = build_hierarchy(segments, order="given")

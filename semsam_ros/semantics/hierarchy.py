@@ -11,7 +11,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from ..inference.segments import Segment
+from ..types import Segment
 
 
 def canonical_key(segment: Segment) -> tuple:

@@ -23,26 +23,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference.segments import KIND_OBJECT, KIND_PART, Segment
+from ..types import (
+    DEFAULT_CLIP_MODEL,
+    KIND_OBJECT,
+    OBJECT_LEVELS,
+    PART_LEVELS,
+    UNKNOWN_LABEL,
+    Segment,
+    kind_of_level,
+)
 from .hierarchy import ancestors, build_hierarchy
 from .vocab import Vocabulary, default_vocabulary
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-UNKNOWN_LABEL = "unknown"
-OBJECT_LEVELS = (1, 2, 3)
-PART_LEVELS = (4, 5, 6)
 # OpenAI CLIP normalisation, used when the model folder has no preprocessor_config.json
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def kind_of_level(level: int) -> int:
-    """KIND_OBJECT for levels 1-3, KIND_PART for levels 4-6."""
-    if level in OBJECT_LEVELS:
-        return KIND_OBJECT
-    if level in PART_LEVELS:
-        return KIND_PART
-    raise ValueError(f"level must be 1..6, got {level}")
 
 
 def _require_transformers() -> Any:
@@ -152,7 +147,7 @@ class RegionLabeller:
 
     def __init__(
         self,
-        model: str | os.PathLike = DEFAULT_MODEL,
+        model: str | os.PathLike = DEFAULT_CLIP_MODEL,
         vocabulary: Vocabulary | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..inference.segments import Segment
+from ..types import UNKNOWN_LABEL, Segment
 from .hierarchy import ancestors
-from .labeller import UNKNOWN_LABEL, RegionLabeller
+
+if TYPE_CHECKING:
+    from .labeller import RegionLabeller
 
 _ARTICLES = {"a", "an", "the"}
 

@@ -1,13 +1,46 @@
-"""The result record every layer above the model shares: one kept mask of one frame."""
+"""The torch-free vocabulary every layer shares: levels, segment kinds, the Segment record, backend names.
+
+One definition of each fact; every other module imports it from here (importing this module never imports torch).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 import numpy as np
+
+LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+"""Granularity levels, coarse (1: whole objects and stuff) to fine (6: the smallest parts)."""
+LEVEL_TO_TOKEN: dict[int, int] = {1: 3, 2: 2, 3: 0, 4: 4, 5: 1, 6: 5}
+"""The decoder's mask token (query index within a prompt's 6) that answers each level."""
+OBJECT_LEVELS: tuple[int, ...] = (1, 2, 3)
+PART_LEVELS: tuple[int, ...] = (4, 5, 6)
 
 KIND_UNKNOWN = 0
 KIND_OBJECT = 1
 KIND_PART = 2
+KIND_NAMES: dict[int, str] = {KIND_UNKNOWN: "unknown", KIND_OBJECT: "object", KIND_PART: "part"}
+UNKNOWN_LABEL = "unknown"
+"""The label of a mask no vocabulary name fits well enough (and of every mask without semantics)."""
+
+BACKENDS: tuple[str, ...] = ("eager", "compile", "tensorrt")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+DEFAULT_BUCKETS: tuple[int, ...] = (1, 8, 64)
+"""Prompt-batch sizes compiled backends are built for (a call is padded up to the next one)."""
+MIN_MEAN_IOU = 0.98
+"""Accuracy guard: the smallest mean mask IoU of a compiled backend against eager fp32."""
+ON_FAILURE: tuple[str, ...] = ("refuse", "warn")
+"""What the accuracy guard does below MIN_MEAN_IOU."""
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+
+def kind_of_level(level: int) -> int:
+    """KIND_OBJECT for levels 1-3, KIND_PART for levels 4-6 (the paper's decoupled object/part split)."""
+    if level in OBJECT_LEVELS:
+        return KIND_OBJECT
+    if level in PART_LEVELS:
+        return KIND_PART
+    raise ValueError(f"level must be 1..6, got {level}")
 
 
 @dataclass
@@ -34,7 +67,7 @@ class Segment:
     stability_score: float = float("nan")
     point: tuple[float, float] | None = None
     kind: int = KIND_UNKNOWN
-    label: str = "unknown"
+    label: str = UNKNOWN_LABEL
     label_score: float = 0.0
     top_labels: list[tuple[str, float]] = field(default_factory=list)
     parent_id: int = -1
@@ -71,3 +104,17 @@ def make_segment(mask: np.ndarray, level: int, iou_score: float, **fields) -> Se
         centroid=mask_centroid(mask),
         **fields,
     )
+
+
+class Segment3D(Protocol):
+    """What the 3D layer reports for one segment (``geometry.Mask3D`` is the implementation)."""
+
+    valid: bool
+    position: Sequence[float]  # robust centroid x, y, z in metres
+    box_center: Sequence[float]  # centre of the oriented box
+    orientation: Sequence[float]  # box axes as a quaternion x, y, z, w
+    size: Sequence[float]  # box extents in metres along its own axes
+    normal: Sequence[float]  # unit surface normal at the centroid, towards the camera
+    axis: Sequence[float]  # unit principal axis
+    point_count: int
+    valid_ratio: float
