@@ -93,8 +93,9 @@ def mask_centroid(mask: np.ndarray) -> tuple[float, float]:
 
 
 def make_segment(mask: np.ndarray, level: int, iou_score: float, **fields) -> Segment:
-    """A Segment whose area, bbox and centroid are computed from ``mask``."""
+    """A Segment whose area, bbox and centroid are computed from ``mask``; its kind follows its level unless given."""
     mask = np.asarray(mask, dtype=bool)
+    fields.setdefault("kind", kind_of_level(level))
     return Segment(
         mask=mask,
         level=int(level),

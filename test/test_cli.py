@@ -61,7 +61,7 @@ def test_segment_writes_overlays_masks_and_summary(files: dict[str, Path], tmp_p
     summary = json.loads((out / "summary.json").read_text())
     assert summary["image_size"] == [72, 96] and summary["levels"] == [1, 3, 6]
     assert summary["postprocess"] == {"iou_threshold": -1.0, "dedupe_iou": 0.95, "hole_area": 100,
-                                      "island_area": 100, "sort": "score"}
+                                      "island_area": 100, "sort": "score", "keep_best_when_none": True}
     assert summary["model_id"].endswith(hashlib.sha256(files["ckpt"].read_bytes()).hexdigest()[:12])
     assert [p.get("point") for p in summary["prompts"]] == [[30.0, 20.0], [80.5, 60.0], None]
     assert summary["prompts"][2]["box"] == [5.0, 5.0, 60.0, 40.0]

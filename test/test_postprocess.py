@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from semsam_ros.types import KIND_OBJECT, KIND_PART
+
 from semsam_ros.inference.postprocess import (
     PostprocessParams,
     area_from_rle,
@@ -160,6 +162,19 @@ def test_keep_at_least_one_keeps_the_last_visited() -> None:
     assert [s.level for s in segs] == [2]  # the lowest score is visited last and kept
     segs = run([masks[0], masks[0], masks[0]], [0.9, 0.8, 0.7])
     assert [s.level for s in segs] == [1]  # something kept: the duplicates stay dropped
+
+
+def test_threshold_as_a_strict_minimum_can_keep_nothing() -> None:
+    masks = [rect(0, 0, 10, 10), rect(0, 0, 20, 20), rect(0, 0, 30, 30)]
+    strict = PostprocessParams(hole_area=0, island_area=0, keep_best_when_none=False)
+    assert run(masks, [0.3, 0.1, 0.2], strict) == []
+    assert [s.level for s in run(masks, [0.3, 0.6, 0.2], strict)] == [2]
+
+
+def test_kind_follows_the_level() -> None:
+    masks = [rect(0, 0, 10, 10), rect(0, 0, 20, 20)]
+    segs = postprocess_prompt(logits_of(*masks), np.array([0.9, 0.8]), PostprocessParams(), levels=(3, 4))
+    assert [(s.level, s.kind) for s in segs] == [(3, KIND_OBJECT), (4, KIND_PART)]
 
 
 def test_cleanup_holes_then_islands() -> None:

@@ -133,7 +133,7 @@ def test_every_param_is_documented():
      ("vocabulary_parts", ["handle", " "]), ("text_top_k", 0)],
 )
 def test_bad_param_values_are_explained(name, value):
-    reasons = NodeParams(**{name: value}).validate()
+    reasons = NodeParams(semantics=True, **{name: value}).validate()
     assert len(reasons) == 1 and reasons[0].startswith(name)
 
 
@@ -226,6 +226,34 @@ def test_prompt_outside_the_image_does_not_block_others(types, logs):
     assert {s.prompt_id for s in out.segments} == {2} and len(out.prompts) == 1
     assert core.stats()["errors"] == {"prompt/PromptError/outside": 1}
     assert all(s.bbox == (2, 2, 8, 7) for s in out.segments)
+
+
+def test_a_point_is_a_pixel_of_the_image(types, logs):
+    core = make_core(types, logs)
+    core.submit_frame(frame(types, SEC))
+    for prompt_id, (x, y) in enumerate([(W, 0.0), (0.0, H), (W - 1, H - 1), (W - 0.5, 0.0)]):
+        core.submit_prompt(point_prompt(prompt_id=prompt_id, x=x, y=y, levels=(1,)))
+    (out,) = core.step()
+    assert [p.prompt_id for p in out.prompts] == [2, 3]  # column W and row H do not exist
+    assert core.stats()["errors"] == {"prompt/PromptError/outside": 2}
+
+
+def test_text_only_prompt_without_semantics_is_rejected_before_any_work(types, logs):
+    calls = []
+    predictor = FakePredictor()
+    core = make_core(types, logs, predictor=predictor,
+                     hooks=Hooks(postprocess=fake_postprocess, automatic=fake_automatic(calls)))
+    core.submit_frame(frame(types, SEC))
+    core.submit_prompt(PromptRequest(prompt_id=5, text="handle"))
+    assert core.step() == []
+    assert calls == [] and predictor.encoded == []  # neither the automatic generator nor the encoder ran
+    assert core.errors.counts == {"prompt/PromptError/text_without_semantics": 1}
+    assert "needs semantics" in logs[-1]
+    future = core.request(PromptRequest(prompt_id=6, text="handle"))  # the service: the same rule
+    core.step()
+    with pytest.raises(ValueError, match="needs semantics"):
+        future.result(timeout=1)
+    assert predictor.encoded == []
 
 
 def test_requested_levels_reach_the_postprocessing(types, logs):
@@ -436,7 +464,7 @@ class FakeVocabulary:
 
 def vocabulary_core(types, logs, vocab, **params):
     hooks = Hooks(postprocess=fake_postprocess, set_vocabulary=vocab.set, class_names=vocab.names)
-    return make_core(types, logs, hooks=hooks, **params)
+    return make_core(types, logs, hooks=hooks, semantics=True, **params)
 
 
 def test_vocabulary_parameters_apply_at_run_time(types, logs):
@@ -457,7 +485,7 @@ def test_bad_vocabulary_file_changes_nothing(types, logs):
     def refuse(file, objects, parts):
         raise ValueError(f"cannot read the vocabulary {file}")
 
-    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, set_vocabulary=refuse))
+    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, set_vocabulary=refuse), semantics=True)
     with pytest.raises(ValueError, match="cannot read the vocabulary /missing.yaml"):
         core.update_params(dataclasses.replace(core.params, vocabulary="/missing.yaml", score_threshold=0.7))
     assert core.params.vocabulary == "" and core.params.score_threshold == 0.5
@@ -482,7 +510,10 @@ def test_set_vocabulary_without_semantics(types, logs):
     with pytest.raises(ValueError, match="semantics is off"):
         core.set_vocabulary(["cup"], [])
     assert core.class_names() == ["unknown"] and core.vocabulary_summary(False) == "no vocabulary (semantics is off)"
-    assert core.update_params(dataclasses.replace(core.params, vocabulary_parts=["knob"])) is False
+    for name, value in [("vocabulary_parts", ["knob"]), ("vocabulary_objects", ["cup"]), ("vocabulary", "v.yaml")]:
+        with pytest.raises(ValueError, match=f"{name} needs semantics: true"):  # the parameters: the same rule
+            core.update_params(dataclasses.replace(core.params, **{name: value}))
+    assert core.params.vocabulary_parts == []
 
 
 def test_3d_hook_fills_the_message(types, logs):
@@ -549,6 +580,18 @@ def test_service_requests(types, logs):
     with pytest.raises(ValueError, match="not inside the 16x12 image"):
         outside.result(timeout=1)
     assert core.sticky_prompts() == []  # a service prompt never becomes sticky
+
+
+def test_an_empty_prompt_is_never_segmented(types, logs):
+    predictor = FakePredictor()
+    core = make_core(types, logs, predictor=predictor)
+    core.submit_frame(frame(types, SEC))
+    empty = core.request(PromptRequest(prompt_id=4))  # the service refuses it
+    core.submit_prompt(PromptRequest(prompt_id=4))  # the topic takes it as "remove sticky prompt 4"
+    assert core.step() == []
+    with pytest.raises(ValueError, match="prompt 4: no point, box or text"):
+        empty.result(timeout=1)
+    assert predictor.encoded == [] and core.stats()["prompts_received"] == 2
 
 
 def test_segments_decode_back_from_the_message(types, logs):

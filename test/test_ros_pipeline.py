@@ -47,7 +47,7 @@ def test_load_failures_name_the_reason(tmp_path, checkpoint):
 
 
 def test_prompt_through_the_node_pipeline_matches_the_python_api(checkpoint):
-    params = NodeParams(checkpoint=str(checkpoint), device="cpu", input_size=H, min_region_area=0)
+    params = NodeParams(checkpoint=str(checkpoint), device="cpu", input_size=H, min_region_area=0, score_threshold=-1.0)
     predictor, model_id = load_predictor(params)
     hooks, labeller = build_hooks(params, "cpu")
     assert labeller is None and re.fullmatch(r"\w+-[0-9a-f]{12}", model_id)
@@ -64,7 +64,7 @@ def test_prompt_through_the_node_pipeline_matches_the_python_api(checkpoint):
 
     predictor.set_image(image())  # the Python API, on the same model
     pred = predictor.predict(points=np.array([POINT]))
-    thresholds = PostprocessParams(hole_area=0, island_area=0)
+    thresholds = PostprocessParams(iou_threshold=-1.0, hole_area=0, island_area=0, keep_best_when_none=False)
     expected = postprocess_prompt(pred.mask_logits[0], pred.iou_scores[0], thresholds, prompt_id=7, point=POINT)
     got = msg_to_segments(out.message)
     assert [s.level for s in got] == [s.level for s in expected]
@@ -94,7 +94,7 @@ def semantic_core(checkpoint, tiny_clip):
     """A core with semantics: (core, labeller); the tests share it (loading is the slow part)."""
     params = NodeParams(checkpoint=str(checkpoint), device="cpu", input_size=H, min_region_area=0, semantics=True,
                         clip_model=str(tiny_clip), vocabulary_parts=["knob"], points_per_side=4, auto_levels=[1, 6],
-                        auto_iou_threshold=-100.0, stability_threshold=0.0)
+                        auto_iou_threshold=-100.0, stability_threshold=0.0, score_threshold=-1.0)
     predictor, model_id = load_predictor(params)
     hooks, labeller = build_hooks(params, "cpu")
     return NodeCore(params, predictor, message_types(), hooks, model_id=model_id, log=print), labeller

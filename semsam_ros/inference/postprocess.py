@@ -72,6 +72,8 @@ class PostprocessParams:
     predictor. ``dedupe_iou``: a mask whose IoU with an already kept raw mask is above it is dropped.
     ``hole_area``/``island_area``: clean-up thresholds in pixels (0 disables). ``sort``: ``"score"`` gives the
     descending-score visit order, ``"area"`` ascending raw area (the official second list).
+    ``keep_best_when_none``: when no mask passes, keep the last one visited (the lowest-scoring), as the official
+    predictor does; False makes ``iou_threshold`` a strict minimum (an empty answer is possible).
     """
 
     iou_threshold: float = 0.5
@@ -79,6 +81,7 @@ class PostprocessParams:
     hole_area: int = 100
     island_area: int = 100
     sort: Literal["score", "area"] = "score"
+    keep_best_when_none: bool = True
 
     def __post_init__(self) -> None:
         if self.sort not in ("score", "area"):
@@ -106,7 +109,8 @@ def postprocess_prompt(
     ``mask_logits`` (K, H, W) and ``iou_scores`` (K,) hold the K candidates whose levels are ``levels``. Masks
     are visited by descending raw score: one is skipped when its score rounded to 2 decimals is below
     ``params.iou_threshold`` or when its raw mask has IoU > ``params.dedupe_iou`` with an already kept raw mask;
-    the last candidate is kept anyway when nothing was kept before it. A kept mask has holes, then islands,
+    the last candidate is kept anyway when nothing was kept before it (unless ``params.keep_best_when_none`` is
+    False). A kept mask has holes, then islands,
     removed. ``Segment.mask``/``area``/``bbox``/``centroid`` describe the cleaned mask, ``raw_area`` the pixel
     count before clean-up (what the official predictor records), ``iou_score`` the raw score. ``Segment.id`` is
     the rank in visit order, whatever ``params.sort``.
@@ -126,7 +130,7 @@ def postprocess_prompt(
         skip = round(float(scores[index]), 2) < params.iou_threshold or any(
             _mask_iou(raw, other) > params.dedupe_iou for other in kept_raw
         )
-        if skip and not (rank == len(order) - 1 and not kept_raw):
+        if skip and not (params.keep_best_when_none and rank == len(order) - 1 and not kept_raw):
             continue
         kept_raw.append(raw)
         cleaned, _ = remove_small_regions(raw, params.hole_area, "holes")

@@ -28,6 +28,7 @@ from semsam_ros.ros.msgtypes import MessageTypes
 
 MODES = ("prompts", "auto", "both")
 PROMPT_BATCH = 16  # prompts per predictor call (bounds the (N, 6, H, W) logits in memory)
+VOCABULARY_PARAMS = ("vocabulary", "vocabulary_objects", "vocabulary_parts")
 
 
 def _param(default: Any, doc: str) -> Any:
@@ -68,7 +69,9 @@ class NodeParams:
     auto_iou_threshold: float = _param(0.88, "automatic segmentation: minimum raw IoU score")
     stability_threshold: float = _param(0.92, "automatic segmentation: minimum stability score")
     nms_iou: float = _param(0.7, "automatic segmentation: box NMS IoU")
-    score_threshold: float = _param(0.5, "prompted masks: minimum IoU score (rounded to 2 decimals)")
+    score_threshold: float = _param(
+        0.5, "prompted masks: minimum IoU score (rounded to 2 decimals); a prompt none of whose masks reaches it "
+             "is answered with no mask")
     dedupe_iou: float = _param(0.95, "prompted masks: drop a mask overlapping a kept one by more than this IoU")
     min_region_area: int = _param(100, "holes and islands smaller than this are removed, pixels")
     buffer_size: int = _param(8, "recent frames kept, with their image embeddings, for stamped prompts")
@@ -126,6 +129,9 @@ class NodeParams:
             names = getattr(self, name)
             need(all(isinstance(n, str) and n.strip() for n in names),
                  f"{name} must be a list of non-empty names, got {list(names)}")
+        for name in VOCABULARY_PARAMS:
+            need(self.semantics or not getattr(self, name),
+                 f"{name} needs semantics: true (semantics is off, so there is no vocabulary to change)")
         need(self.text_top_k >= 1, f"text_top_k must be >= 1, got {self.text_top_k}")
         return reasons
 
@@ -144,7 +150,6 @@ RUNTIME_PARAMS = frozenset({
     "nms_iou", "score_threshold", "dedupe_iou", "min_region_area", "max_stamp_diff", "label_image_level",
     "overlay_alpha", "error_log_period", "vocabulary", "vocabulary_objects", "vocabulary_parts", "text_top_k",
 })
-VOCABULARY_PARAMS = ("vocabulary", "vocabulary_objects", "vocabulary_parts")
 
 
 @dataclass
@@ -299,7 +304,8 @@ class _Work:
 
 
 class PromptError(ValueError):
-    """A prompt that cannot be answered; ``cause`` is "no_frame", "stamp", "outside" or "cleared"."""
+    """A prompt that cannot be answered; ``cause`` is "no_frame", "stamp", "outside", "empty",
+    "text_without_semantics" or "cleared"."""
 
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)
@@ -598,12 +604,19 @@ class NodeCore:
         else:
             self.errors.report(cause, f"{stage} error: {exc}")
 
-    @staticmethod
-    def _check(prompt: PromptRequest, height: int, width: int) -> None:
-        """PromptError unless every point and box of ``prompt`` lies inside the image (boxes non-empty)."""
+    def _check(self, prompt: PromptRequest, height: int, width: int) -> None:
+        """PromptError unless ``prompt`` can be answered on a ``height`` x ``width`` image: it has a point, a box or
+        (with semantics) text; every point is a pixel of the image (0 <= x < width, 0 <= y < height) and every
+        box a non-empty part of it."""
+        if prompt.is_empty and not prompt.text:
+            raise PromptError(f"prompt {prompt.prompt_id}: no point, box or text to segment", "empty")
+        if prompt.is_empty and self.hooks.select_text is None:
+            raise PromptError(
+                f"prompt {prompt.prompt_id}: text {prompt.text!r} without a point or box needs semantics "
+                "(parameter semantics: true); nothing was segmented", "text_without_semantics")
         pts, bxs = prompt.points, prompt.boxes
         x, y = pts[:, 0], pts[:, 1]
-        bad_points = ~np.isfinite(pts).all(1) | (x < 0) | (x > width) | (y < 0) | (y > height)
+        bad_points = ~np.isfinite(pts).all(1) | (x < 0) | (x >= width) | (y < 0) | (y >= height)
         x0, y0, x1, y1 = bxs.T
         bad_boxes = ~np.isfinite(bxs).all(1) | (x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height) | (x1 <= x0) | (
             y1 <= y0)

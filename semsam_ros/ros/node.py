@@ -152,7 +152,8 @@ class SemsamNode(LifecycleNode):
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._subscribe(self._params())
+        params = self._params()
+        self._subscribe(params)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="semsam_worker", daemon=True)
         self._worker.start()
@@ -160,22 +161,30 @@ class SemsamNode(LifecycleNode):
         result = super().on_activate(state)
         if "label_info" in self._outputs:  # latched; lifecycle publishers publish only once active
             self._publish_label_info()
+        image = self.resolve_topic_name("image/compressed" if params.image_transport == "compressed" else "image")
+        depth = f", depth {self.resolve_topic_name('depth')}" if params.use_depth else ""
+        self.get_logger().info(f"activated: images on {image}{depth}, prompts on {self.resolve_topic_name('~/prompt')}, "
+                               f"results on {self.resolve_topic_name('~/segments')}")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate()
+        self.get_logger().info("deactivated: inputs unsubscribed, worker stopped, buffered frames dropped")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._cleanup()
+        self.get_logger().info("cleaned up: model released")
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.teardown()
+        self.get_logger().info(f"shut down from state {state.label}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.teardown()
+        self.get_logger().error(f"error in state {state.label}: everything stopped and released")
         return TransitionCallbackReturn.SUCCESS
 
     def teardown(self) -> None:
@@ -262,7 +271,7 @@ class SemsamNode(LifecycleNode):
                                          callback_group=self._inputs),
             ]
         self._input_subs += [
-            self.create_subscription(Prompt, "prompt", self._on_prompt, reliable, callback_group=self._inputs),
+            self.create_subscription(Prompt, "~/prompt", self._on_prompt, reliable, callback_group=self._inputs),
             self.create_subscription(PointStamped, "/clicked_point", self._on_clicked_point, reliable,
                                      callback_group=self._reentrant),
             self.create_subscription(Point, self.resolve_topic_name("image") + "_mouse_left", self._on_mouse_click,

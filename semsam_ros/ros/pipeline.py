@@ -50,7 +50,7 @@ def _postprocess(mask_logits: np.ndarray, iou_scores: np.ndarray, levels: tuple[
 
     thresholds = PostprocessParams(
         iou_threshold=params.score_threshold, dedupe_iou=params.dedupe_iou, hole_area=params.min_region_area,
-        island_area=params.min_region_area,
+        island_area=params.min_region_area, keep_best_when_none=False,
     )
     return postprocess_prompt(mask_logits, iou_scores, thresholds, prompt_id=prompt_id, point=point, levels=levels)
 
