@@ -27,6 +27,8 @@ OVERRIDES = {
     "mode": (str, "prompts, auto or both"),
     "image_transport": (str, "raw (sensor_msgs/Image) or compressed (<image>/compressed)"),
     "use_depth": (bool, "subscribe depth and camera_info, synchronised, for 3D outputs"),
+    "semantics": (bool, "label segments and answer text prompts with a CLIP model (needs transformers)"),
+    "clip_model": (str, "local CLIP folder or model id in the local HF cache (empty: the default model)"),
     "autostart": (bool, "configure and activate on start"),
 }
 ARGUMENTS = {

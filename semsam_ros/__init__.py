@@ -4,7 +4,12 @@ The package imports without ROS; only ``semsam_ros.ros.node`` needs rclpy.
 """
 from __future__ import annotations
 
+from pkgutil import extend_path
 from typing import Any
+
+# The ROS 2 build installs the generated interfaces (semsam_ros.msg, semsam_ros.srv) beside these modules. When this
+# source tree comes first on sys.path (python3 -m pytest in the checkout), they are found in the installed copy.
+__path__ = extend_path(__path__, __name__)
 
 __version__ = "0.1.0"
 
