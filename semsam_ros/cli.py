@@ -516,7 +516,7 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_convert(args: argparse.Namespace) -> int:
     from semsam_ros.checkpoint import CheckpointError, convert_checkpoint
-    from semsam_ros.download import file_sha256
+    from semsam_ros.hashing import file_sha256
 
     if not args.dst.endswith(".safetensors"):
         raise UserError(f"the output must be a .safetensors file, got {args.dst}")
