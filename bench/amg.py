@@ -83,7 +83,7 @@ def main() -> None:
         checkpoint = args.checkpoint or make_tiny_checkpoint(Path(tmp) / "tiny.pth")
         model = semsam_ros.load_model(checkpoint)
     if args.image:
-        from semsam_ros.cli import read_image
+        from semsam_ros.cli.image import read_image
 
         image = read_image(args.image)
     else:

@@ -5,7 +5,6 @@ with one error that lists every problem. ``torch.load`` always runs with ``weigh
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig, resolve_config
+from .hashing import file_sha256
 from .model.semantic_sam import SemanticSam
 
 FORMAT_NAME = "semsam_ros"
@@ -90,14 +90,6 @@ def ours_to_official(name: str) -> str:
     if key is None:
         raise KeyError(f"no official name for {name}")
     return key
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_pth(path: Path) -> dict[str, Tensor]:
@@ -284,7 +276,7 @@ def load_model(
         cfg = cfg or _named(infer_config(official))
         model = SemanticSam(cfg)
         model.load_state_dict(map_official_state_dict(official, model, path))
-    model.weights_sha256 = sha256_file(path)
+    model.weights_sha256 = file_sha256(path)
     model.model_id = f"{cfg.name}-{model.weights_sha256[:12]}"
     return model.to(device).eval()
 

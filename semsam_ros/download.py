@@ -4,7 +4,6 @@ This is the only module of semsam_ros that uses the network, and only when asked
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -13,6 +12,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from semsam_ros.hashing import file_sha256
 from semsam_ros.resources import find_data_file
 
 RELEASE_URLS: dict[str, str] = {
@@ -42,14 +42,6 @@ def pinned_sha256(name: str) -> str | None:
         return None
     entry = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(name) or {}
     return entry.get("sha256") or None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch(url: str, part: Path, progress: bool) -> None:

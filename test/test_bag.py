@@ -7,7 +7,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import types as pytypes
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,11 @@ pytest.importorskip("rosbags")
 from PIL import Image as PILImage  # noqa: E402
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 
-import semsam_ros.geometry  # noqa: E402
 from semsam_ros.bag import (  # noqa: E402
     BagError, BagOptions, BagTime, load_prompts, parse_topic_map, process_bag,
 )
-from semsam_ros.bag import build_hooks as bag_hooks  # noqa: E402
 from semsam_ros.cli import main  # noqa: E402
+from semsam_ros.geometry.cloud import CLOUD_DTYPE  # noqa: E402
 from semsam_ros.inference.amg import AutomaticMaskGenerator  # noqa: E402
 from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt  # noqa: E402
 from semsam_ros.inference.predictor import Predictor  # noqa: E402
@@ -34,6 +32,7 @@ from semsam_ros.ros.convert import PromptRequest, make_header, msg_to_segments, 
 from semsam_ros.ros.core import Frame, NodeCore, NodeParams  # noqa: E402
 from semsam_ros.ros.images import image_to_rgb  # noqa: E402
 from semsam_ros.ros.msgtypes import MessageTypes  # noqa: E402
+from semsam_ros.ros.pipeline import build_hooks  # noqa: E402
 from semsam_ros.ros.typestore import make_typestore  # noqa: E402
 
 IMAGE, COMPRESSED = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
@@ -334,9 +333,9 @@ def test_interrupt_leaves_a_readable_bag_with_the_results_so_far(mixed_bag, pred
     monkeypatch.setattr(NodeCore, "process", interrupted)
     logs: list[str] = []
     prompts = {CAM: [PromptRequest(0, np.array([[30.0, 20.0]]))]}
+    options = BagOptions([CAM], prompts=prompts, storage="mcap", params=PARAMS)
     with pytest.raises(KeyboardInterrupt):
-        process_bag(mixed_bag, tmp_path / "out", predictor, BagOptions([CAM], prompts=prompts, storage="mcap", params=PARAMS),
-                    log=logs.append)
+        process_bag(mixed_bag, tmp_path / "out", predictor, options, log=logs.append)
     assert logs[-1].startswith("interrupted: segmented 3 of 4 frame(s)")
     dst = read_bag(tmp_path / "out")  # metadata and mcap summary were written: a valid bag
     src = read_bag(mixed_bag)
@@ -391,63 +390,54 @@ def test_humble_style_bag_without_stored_definitions(tmp_path, predictor):
     assert len(read_bag(tmp_path / "out")[f"{CAM}/segments"]) == 2
 
 
-class Fake3D:
-    def __init__(self, mask: np.ndarray, depth: np.ndarray) -> None:
-        self.valid, self.point_count = True, int(np.isfinite(depth[mask]).sum())
-        self.position, self.orientation, self.size = (0.0, 0.0, float(np.nanmean(depth[mask]))), (0, 0, 0, 1), (1, 1, 1)
-        self.box_center, self.normal, self.axis, self.valid_ratio = self.position, (0, 0, -1), (1, 0, 0), 1.0
+HOLE = 10  # depth is missing (0) in the first HOLE columns of every depth image
 
 
-def test_3d_outputs_with_geometry_and_depth_logged_after_the_image(tmp_path, predictor, monkeypatch):
-    cameras = []
-
-    class CameraModel:
-        @classmethod
-        def from_camera_info(cls, msg):
-            cameras.append(msg.k[0])
-            return cls()
-
-    monkeypatch.setattr(semsam_ros.geometry, "CameraModel", CameraModel, raising=False)
-    monkeypatch.setattr(semsam_ros.geometry, "segments_to_3d",
-                        lambda segs, depth, camera, return_points: [Fake3D(s.mask, depth) for s in segs], raising=False)
-    monkeypatch.setattr(semsam_ros.geometry, "segments_cloud", lambda segs, results: np.zeros(len(segs)),
-                        raising=False)
-    cloud = pytypes.SimpleNamespace(cloud_message=lambda types, hdr, c: types.make(
-        "sensor_msgs/msg/PointCloud2", header=hdr, height=1, width=len(c), fields=[], is_bigendian=False,
-        point_step=0, row_step=0, data=types.byte_array(b""), is_dense=True))
-    markers = pytypes.SimpleNamespace(marker_array=lambda types, hdr, segs, results: types.make(
-        "visualization_msgs/msg/MarkerArray", markers=[]))
-    monkeypatch.setitem(sys.modules, "semsam_ros.ros.cloud", cloud)
-    monkeypatch.setitem(sys.modules, "semsam_ros.ros.markers", markers)
-
+def test_3d_outputs_with_real_geometry_and_depth_logged_after_the_image(tmp_path, predictor):
+    """Depth (a plane at k+1 m, no depth left of column HOLE) and camera_info (fx 100 * (k+1)) through the node's
+    real 3D step: point counts, positions and the cloud follow from the depth and the camera of each frame."""
     messages = []
     for k in range(3):
         time_ns = T0 + k * SEC // 10
         depth = np.full((H, W), (k + 1) * 1000, np.uint16)
+        depth[:, :HOLE] = 0
         messages.append((CAM, IMAGE, time_ns, encoded(k, "rgb8")))
         if k != 1:  # frame 1 has no depth
             depth_msg = raw_image(make_header(TYPES, stamp_to_ns(header(k).stamp) + 10**7, "cam"), "16UC1", depth)
             messages.append(("/cam/depth", IMAGE, time_ns + 3 * 10**7, depth_msg))
+        fx = 100.0 * (k + 1)
         info = TYPES.make("sensor_msgs/msg/CameraInfo", header=header(k), height=H, width=W, distortion_model="",
-                          d=np.zeros(0), k=np.array([100.0 + k, 0, 40, 0, 100, 32, 0, 0, 1]), r=np.eye(3).ravel(),
+                          d=np.zeros(0), k=np.array([fx, 0, 40, 0, fx, 32, 0, 0, 1]), r=np.eye(3).ravel(),
                           p=np.zeros(12), binning_x=0, binning_y=0,
                           roi=TYPES.make("sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0,
                                          do_rectify=False))
         messages.append(("/cam/camera_info", "sensor_msgs/msg/CameraInfo", time_ns + 1, info))
     bag = write_bag(tmp_path / "in", "sqlite3", messages)
     options = BagOptions([CAM], prompts={CAM: [PromptRequest(0, np.array([[30.0, 20.0]]))]},
-                         depth_topics={CAM: "/cam/depth"})
+                         depth_topics={CAM: "/cam/depth"}, params=PARAMS)
     summary = process_bag(bag, tmp_path / "out", predictor, options, log=lambda _: None)
     assert summary.segmented == 3 and summary.errors == {"3d/no_depth": 1}
     dst = read_bag(tmp_path / "out")
-    assert len(dst[f"{CAM}/markers"]) == len(dst[f"{CAM}/points"]) == 2
-    assert cameras == [100.0, 102.0]  # the camera_info nearest each frame
+    assert [t for t, _, _ in dst[f"{CAM}/points"]] == [T0, T0 + 2 * SEC // 10]
+    assert len(dst[f"{CAM}/markers"]) == 2
+    clouds = {k: np.frombuffer(bytes(msg.data), dtype=CLOUD_DTYPE)
+              for k, (_, msg, _) in zip((0, 2), dst[f"{CAM}/points"])}
     for k, (time_ns, result, _) in enumerate(dst[f"{CAM}/segments"]):
         assert time_ns == T0 + k * SEC // 10  # written at the frame's bag time, though its depth came later
-        for seg in result.segments:
-            assert seg.has_3d == (k != 1)
-            if k != 1:
-                assert seg.pose.position.z == pytest.approx(k + 1) and seg.point_count == seg.area
+        segments = msg_to_segments(result)
+        assert len(result.segments) == len(segments) > 0
+        for msg, seg in zip(result.segments, segments):
+            valid = int(seg.mask[:, HOLE:].sum())
+            if k == 1:
+                assert not msg.has_3d and msg.point_count == 0
+                continue
+            assert msg.point_count == valid and msg.valid_depth_ratio == pytest.approx(valid / seg.area)
+            assert msg.has_3d and msg.pose.position.z == pytest.approx(k + 1, abs=1e-3)
+            points = clouds[k][clouds[k]["segment_id"] == msg.id]
+            assert 0 < len(points) <= valid and np.allclose(points["z"], k + 1)
+            columns = np.nonzero(seg.mask[:, HOLE:].any(axis=0))[0] + HOLE
+            u = points["x"] / points["z"] * 100.0 * (k + 1) + 40  # back to pixels with this frame's fx
+            assert columns.min() - 1 <= u.min() and u.max() <= columns.max() + 1
 
 
 def test_options_that_do_not_fit_the_bag_write_nothing(mixed_bag, predictor, tmp_path, monkeypatch):
@@ -523,6 +513,25 @@ def test_user_errors(mixed_bag, tiny_checkpoint, tmp_path, capsys):
     assert done.stderr == f"semsam: error: {tmp_path / 'nope.pth'}: checkpoint file not found\n"
 
 
+def test_the_bag_library_never_loads_the_command_line(mixed_bag, tiny_checkpoint, tmp_path):
+    code = f"""
+import sys
+from semsam_ros.bag import BagOptions, process_bag
+from semsam_ros.inference.options import ModelOptions, load_predictor
+from semsam_ros.ros.core import NodeParams
+
+predictor, _ = load_predictor(ModelOptions({str(tiny_checkpoint)!r}, device="cpu", short_side=64))
+params = NodeParams(points_per_side=2, auto_iou_threshold=-100, stability_threshold=0)
+summary = process_bag({str(mixed_bag)!r}, {str(tmp_path / "out")!r}, predictor, BagOptions([{CAM!r}], auto=True,
+                      params=params), log=lambda _: None)
+print(summary.segmented, sorted(m for m in sys.modules if m.startswith("semsam_ros.cli")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "6 []\n"  # the six decodable frames
+
+
 def test_option_parsing(tmp_path):
     assert BagTime.parse("2.5").resolve(10 * SEC) == 12_500_000_000
     assert BagTime.parse("1700000000000000123").resolve(0) == 1700000000000000123
@@ -556,7 +565,7 @@ def test_core_process_answers_what_fits_and_skips_the_encoder_when_nothing_does(
             return encode(image)
 
     logs: list[str] = []
-    core = NodeCore(PARAMS, Counting(), TYPES, bag_hooks(None), log=logs.append)
+    core = NodeCore(PARAMS, Counting(), TYPES, build_hooks(PARAMS, "cpu")[0], log=logs.append)
     outside = PromptRequest(3, np.array([[500.0, 5.0]]))
     empty = core.process(Frame(encoded(0, "rgb8"), 0), [outside], auto=False)
     assert empty.segments == [] and empty.message.segments == [] and encoded_images == []

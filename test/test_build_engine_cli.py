@@ -8,14 +8,15 @@ import sys
 
 import pytest
 
-from semsam_ros.inference import accuracy, backends, build_engine_cli
+from semsam_ros.cli import engine, main
+from semsam_ros.inference import accuracy, backends
 from semsam_ros.inference.backends import TensorRTBackend
 from trt_fakes import FakeCompiler
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semsam build-engine")
-    build_engine_cli.add_arguments(parser)
+    engine.add_arguments(parser)
     return parser
 
 
@@ -36,13 +37,13 @@ def test_arguments():
 
 def test_without_tensorrt_it_fails_clearly(tiny_checkpoint, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
-    args = _parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--input-size", "64x96", "--device", "cpu"])
-    assert build_engine_cli.run(args) == 1
+    argv = ["build-engine", "--input-size", "64x96", "--device", "cpu", "--checkpoint"]
+    assert main([*argv, str(tiny_checkpoint)]) == 1
     err = capsys.readouterr().err
-    assert "semsam build-engine: error: backend 'tensorrt' (fp16) cannot run on cpu" in err
+    assert err.startswith("semsam: error: backend 'tensorrt' (fp16) cannot run on cpu") and err.count("\n") == 1
     assert "torch_tensorrt cannot be imported" in err
-    args.checkpoint = tiny_checkpoint.parent / "missing.pth"
-    assert build_engine_cli.run(args) == 1 and "checkpoint file not found" in capsys.readouterr().err
+    assert main([*argv, str(tiny_checkpoint.parent / "missing.pth")]) == 1
+    assert "checkpoint file not found" in capsys.readouterr().err
 
 
 def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeypatch, capsys):
@@ -64,7 +65,7 @@ def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeyp
         "--cache-dir",
         str(tmp_path),
     ]
-    assert build_engine_cli.run(_parser().parse_args(argv)) == 0
+    assert main(["build-engine", *argv]) == 0
     out = capsys.readouterr().out
     assert "64x90 (padded 64x96), fp32: 3 engines built, 0 from the cache" in out
     assert "image encoder" in out and "decoder x4 prompts" in out and "mean mask IoU 1.0000" in out
@@ -73,7 +74,7 @@ def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeyp
         e["size_bytes"] for e in summary["engines"]
     )
 
-    assert build_engine_cli.run(_parser().parse_args(argv)) == 0
+    assert main(["build-engine", *argv]) == 0
     out = capsys.readouterr().out
     assert "3 from the cache" in out and "0 engines built" in out
     summary = json.loads(out.strip().splitlines()[-1])
@@ -99,5 +100,5 @@ def test_refused_engines_exit_3(tiny_checkpoint, tmp_path, monkeypatch, capsys):
         "--cache-dir",
         str(tmp_path),
     ]
-    assert build_engine_cli.run(_parser().parse_args(argv)) == 3
+    assert main(["build-engine", *argv]) == 3
     assert "mean mask IoU" in capsys.readouterr().err and not list(tmp_path.rglob("*.pt2"))

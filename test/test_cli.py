@@ -16,9 +16,11 @@ from safetensors.torch import save_file
 
 import semsam_ros
 from semsam_ros.checkpoint import count_parameters
-from semsam_ros.cli import main, one_line
+from semsam_ros.cli import main
+from semsam_ros.inference.options import resolve_device
 from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt, rle_to_mask
 from semsam_ros.testing import make_tiny_checkpoint
+from semsam_ros.text import one_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,10 +136,10 @@ def test_info_and_convert(files: dict[str, Path], tmp_path: Path, capsys: pytest
     (["auto", "{image}", "--checkpoint", "{foreign_st}"], 1, "not a semsam_ros safetensors file"),
     pytest.param(["segment", "{image}", "--point", "1,1", "--device", "cuda:0"], 1, "CUDA is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
-    (["segment", "{image}", "--point", "1,1", "--device", "tpu9"], 1, "bad --device"),
+    (["segment", "{image}", "--point", "1,1", "--device", "tpu9"], 1, "bad device 'tpu9'"),
     (["segment", "{image}", "--point", "1,1", "--checkpoint", "{ckpt}", "--backend", "tensorrt"], 1,
      "backend 'tensorrt' (fp32) cannot run on cpu"),
-    (["segment", "{image}", "--point", "1,1", "--input-size", "8"], 1, "--input-size must be at least 32"),
+    (["segment", "{image}", "--point", "1,1", "--input-size", "8"], 1, "input size (short side) must be at least 32"),
     (["auto", "{image}", "--points-per-side", "0"], 1, "points_per_side"),
     (["segment", "{image}", "--point", "1,1", "--out", "{image}"], 1, "cannot create the output folder"),
     (["info", "{junk}"], 1, "not a readable PyTorch checkpoint"),
@@ -159,6 +161,11 @@ def test_user_mistakes_are_one_line_errors(files: dict[str, Path], tmp_path: Pat
     assert got == status and stdout == ""
     assert err.startswith("semsam: error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_device_auto_is_cuda_when_available() -> None:
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_one_line() -> None:

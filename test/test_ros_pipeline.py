@@ -10,9 +10,6 @@ import pytest
 
 pytest.importorskip("rosbags")
 pytest.importorskip("torch")
-for _module in ("semsam_ros.testing", "semsam_ros.inference.postprocess", "semsam_ros.inference.amg",
-                "semsam_ros.geometry.mask3d", "semsam_ros.semantics.hierarchy"):
-    pytest.importorskip(_module, reason=f"{_module} is not in this checkout yet")
 
 from semsam_ros.inference.backends import BackendError  # noqa: E402
 from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt  # noqa: E402

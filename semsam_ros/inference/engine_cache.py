@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from ..checkpoint import sha256_file
+from ..hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class EngineCache:
             self._discard(key, "engine file missing")
             return None
         size = engine.stat().st_size
-        if size != data.get("size_bytes") or sha256_file(engine) != data.get("sha256"):
+        if size != data.get("size_bytes") or file_sha256(engine) != data.get("sha256"):
             self._discard(
                 key, f"engine file does not match its manifest (size {size}, recorded {data.get('size_bytes')})"
             )
@@ -172,7 +172,7 @@ class EngineCache:
         manifest = {
             "format": MANIFEST_FORMAT,
             "key": key.to_dict(),
-            "sha256": sha256_file(engine),
+            "sha256": file_sha256(engine),
             "size_bytes": engine.stat().st_size,
             **(info or {}),
         }

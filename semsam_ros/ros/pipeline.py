@@ -9,39 +9,29 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from semsam_ros.inference import options
 from semsam_ros.ros.core import Hooks, NodeParams
 
 WARMUP_SHAPE = (480, 640, 3)
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; other names unchanged."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_predictor(params: NodeParams) -> tuple[Any, str]:
-    """(Predictor, model_id) for ``params``. Raises with the reason on failure.
+    """(Predictor, model_id) for ``params`` (``inference.options.load_predictor``). Raises with the reason.
 
     The eager backend is warmed up on one blank frame. Compiled backends (compile, tensorrt) are built for the
     camera's own size on its first frame, or loaded from the engine cache when ``semsam build-engine`` prebuilt
     them, so a robot never compiles at launch.
     """
-    import semsam_ros
-
     if not params.checkpoint:
         raise ValueError("no checkpoint given (parameter 'checkpoint')")
-    model = semsam_ros.load_model(params.checkpoint, config=params.model_config or None)
-    predictor = semsam_ros.Predictor(model, device=resolve_device(params.device), input_size=params.input_size,
-                                     backend=params.backend, precision=params.precision)
+    predictor, model_id = options.load_predictor(options.ModelOptions(
+        params.checkpoint, params.model_config or None, params.device, params.input_size, params.backend,
+        params.precision))
     if params.backend == "eager":
         blank = np.zeros(WARMUP_SHAPE, dtype=np.uint8)
         predictor.set_embedding(predictor.encode(blank))
         predictor.predict(points=np.array([[WARMUP_SHAPE[1] / 2, WARMUP_SHAPE[0] / 2]]))
-    return predictor, model.model_id
+    return predictor, model_id
 
 
 def _postprocess(mask_logits: np.ndarray, iou_scores: np.ndarray, levels: tuple[int, ...], prompt_id: int,
@@ -66,20 +56,6 @@ def _automatic(predictor: Any, rgb: np.ndarray, levels: tuple[int, ...], params:
     return generator.generate_segments(rgb)
 
 
-def vocabulary_from_params(file: str, objects: Sequence[str], parts: Sequence[str]) -> Any:
-    """The Vocabulary of the node's parameters: ``file`` ('' the shipped one) with its object / part names
-    replaced by non-empty ``objects`` / ``parts``. ValueError naming the problem when it cannot be built."""
-    import yaml
-
-    from semsam_ros.semantics import Vocabulary, default_vocabulary
-
-    try:
-        base = Vocabulary.from_yaml(file) if file else default_vocabulary()
-        return Vocabulary.from_dict({"objects": list(objects), "parts": list(parts)}, base=base)
-    except (OSError, TypeError, ValueError, yaml.YAMLError) as exc:
-        raise ValueError(f"vocabulary {file or '(shipped)'}: {type(exc).__name__}: {exc}") from exc
-
-
 def build_hooks(params: NodeParams, device: str, want_points: Callable[[], bool] = lambda: False) -> tuple[Hooks, Any]:
     """(Hooks, labeller or None): post-processing, automatic mode, part-of links (and labels with semantics), 3D.
 
@@ -89,14 +65,14 @@ def build_hooks(params: NodeParams, device: str, want_points: Callable[[], bool]
     once per vocabulary (cached by content).
     """
     from semsam_ros.geometry import CameraModel, segments_to_3d
-    from semsam_ros.semantics import build_hierarchy, select
+    from semsam_ros.semantics import build_hierarchy, select, vocabulary_from
 
     labeller = None
     if params.semantics:
         from semsam_ros.semantics import RegionLabeller
         from semsam_ros.types import DEFAULT_CLIP_MODEL
 
-        vocabulary = vocabulary_from_params(params.vocabulary, params.vocabulary_objects, params.vocabulary_parts)
+        vocabulary = vocabulary_from(params.vocabulary, params.vocabulary_objects, params.vocabulary_parts)
         labeller = RegionLabeller(params.clip_model or DEFAULT_CLIP_MODEL, vocabulary=vocabulary, device=device)
 
     def annotate(rgb: np.ndarray, segments: list) -> list:
@@ -110,7 +86,7 @@ def build_hooks(params: NodeParams, device: str, want_points: Callable[[], bool]
         return [chosen.segment for chosen in select(segments, text, labeller, point=point, image=rgb, top_k=top_k)]
 
     def set_vocabulary(file: str, objects: Sequence[str], parts: Sequence[str]) -> bool:
-        return labeller.set_vocabulary(vocabulary_from_params(file, objects, parts))
+        return labeller.set_vocabulary(vocabulary_from(file, objects, parts))
 
     def class_names() -> tuple[list[str], list[str]]:
         return list(labeller.vocabulary.objects), list(labeller.vocabulary.parts)

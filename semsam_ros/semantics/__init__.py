@@ -11,7 +11,7 @@ from typing import Any
 from ..types import DEFAULT_CLIP_MODEL, UNKNOWN_LABEL, kind_of_level
 from .hierarchy import ancestors, build_hierarchy, canonical_key
 from .select import Selection, parse_query, select
-from .vocab import Vocabulary, default_vocabulary, default_vocabulary_path
+from .vocab import Vocabulary, default_vocabulary, default_vocabulary_path, vocabulary_from
 
 DEFAULT_MODEL = DEFAULT_CLIP_MODEL  # the name this package exported first
 _LABELLER = ("CacheInfo", "RegionLabeller", "RegionScores", "annotate", "crop_region")
@@ -31,6 +31,7 @@ __all__ = [
     "kind_of_level",
     "parse_query",
     "select",
+    "vocabulary_from",
 ]
 
 

@@ -120,3 +120,17 @@ def default_vocabulary() -> Vocabulary:
     with open(path, encoding="utf-8") as f:
         values = yaml.safe_load(f)
     return Vocabulary(**values)
+
+
+def vocabulary_from(file: str | os.PathLike | None, objects: Iterable[str] | None = None,
+                    parts: Iterable[str] | None = None) -> Vocabulary:
+    """The vocabulary of ``file`` (None or '': the shipped one) with its object / part names replaced by non-empty
+    ``objects`` / ``parts`` (CLI --vocabulary/--objects/--parts, node parameters vocabulary*). ValueError naming
+    the problem when it cannot be built."""
+    try:
+        base = Vocabulary.from_yaml(file) if file else default_vocabulary()
+        return Vocabulary.from_dict({"objects": list(objects or ()), "parts": list(parts or ())}, base=base)
+    except FileNotFoundError as exc:
+        raise ValueError(f"vocabulary not found: {exc.filename or exc}") from None
+    except (OSError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"bad vocabulary {file or '(shipped)'}: {exc}") from None

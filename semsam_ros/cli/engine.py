@@ -1,21 +1,21 @@
 """``semsam build-engine``: build and cache the TensorRT engines ahead of time, so a robot never compiles at launch.
 
-Registered in ``semsam_ros/cli.py`` as ``Subcommand(HELP, add_arguments, run)``. Only the standard library is
-imported at module level (``semsam --help`` stays fast); torch and the model are imported in :func:`run`.
-Exit status: 0 engines ready (built now or already cached), 1 nothing can be built here (unreadable checkpoint,
-no CUDA, no Torch-TensorRT), 3 the accuracy guard refused the engines (nothing was cached).
+Registered in ``semsam_ros.cli.main`` as ``Subcommand(HELP, add_arguments, run)``; torch and the model are
+imported in :func:`run` (``semsam --help`` stays fast). Exit status: 0 engines ready (built now or already
+cached), 1 nothing can be built here (unreadable checkpoint, no CUDA, no Torch-TensorRT), 3 the accuracy guard
+refused the engines (nothing was cached).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..types import DEFAULT_BUCKETS, MIN_MEAN_IOU, ON_FAILURE, PRECISIONS
+from semsam_ros.cli.args import UserError
+from semsam_ros.types import DEFAULT_BUCKETS, MIN_MEAN_IOU, ON_FAILURE, PRECISIONS
 
 
 HELP = "build and cache TensorRT engines for a checkpoint, input size and precision"
@@ -111,22 +111,17 @@ def _print_table(summary: dict[str, Any]) -> None:
         )
 
 
-def _error(message: str, status: int) -> int:
-    print(f"semsam build-engine: error: {message}", file=sys.stderr)
-    return status
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError, load_model
-    from .accuracy import AccuracyError
-    from .backends import BackendError, create_backend
+    from semsam_ros.checkpoint import CheckpointError, load_model
+    from semsam_ros.inference.accuracy import AccuracyError
+    from semsam_ros.inference.backends import BackendError, create_backend
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         model = load_model(args.checkpoint, args.config)
     except (CheckpointError, ValueError) as exc:
-        return _error(str(exc), 1)
+        raise UserError(str(exc)) from None
     h, w = args.input_size
     div = model.config.size_divisibility
     shape = (-(-h // div) * div, -(-w // div) * div)
@@ -144,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
         )
         backend.prepare(shape)
     except BackendError as exc:
-        return _error(str(exc), 1)
+        raise UserError(str(exc)) from None
     except AccuracyError as exc:
-        return _error(str(exc), 3)
+        raise UserError(str(exc), 3) from None
     summary = _summary(backend, shape)
     built = sum(r["source"] == "built" for r in summary["engines"])
     print(

@@ -1,0 +1,379 @@
+"""One ``process_bag`` pass: plan the outputs, index prompts and depth, then copy and segment in one pass."""
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semsam_ros.bag.options import BagOptions, BagSummary
+from semsam_ros.bag.prompts import default_camera_info_topic, output_topics
+from semsam_ros.bag.reader import (
+    CAMERA_INFO, IMAGE, IMAGE_TYPES, MARKER_ARRAY, POINT_CLOUD, PROMPT, SEGMENT_ARRAY, BagError, header_stamp,
+    nearest, read_messages,
+)
+from semsam_ros.ros.convert import PromptRequest, prompt_from_msg, stamp_to_ns
+from semsam_ros.ros.core import Frame, NodeCore, Output, update_sticky
+from semsam_ros.ros.images import rgb_to_image
+
+RENDER_QUEUE = 2  # frames whose outputs may be rendering in the background at once
+
+
+@dataclass
+class _Camera:
+    """One image topic: where its results go and what each of its frames is segmented with."""
+
+    topic: str
+    names: dict[str, tuple[str, str]]  # output kind -> (topic, message type)
+    prompts: list[PromptRequest]  # on every processed frame
+    prompt_topic: str | None
+    depth_topic: str | None
+    info_topic: str | None
+    selected: set[int] | None = None  # frame ordinals to process (None: every ``every``-th)
+    anchored: dict[int, list[PromptRequest]] = field(default_factory=dict)  # frame ordinal -> its topic prompts
+    depth: dict[int, int] = field(default_factory=dict)  # frame ordinal -> depth message ordinal
+    info: dict[int, int] = field(default_factory=dict)  # frame ordinal -> camera_info message ordinal
+    sticky: dict[int, PromptRequest] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)  # output kind -> writer connection
+    seen: int = 0
+
+    @property
+    def indexed(self) -> bool:
+        """Whether this camera needs the index pass (topic prompts or 3D)."""
+        return self.prompt_topic is not None or self.depth_topic is not None
+
+
+@dataclass
+class _Companion:
+    """A depth or camera_info topic: the messages that chosen frames still need, by ordinal."""
+
+    msgtype: str
+    stamps: list[int] = field(default_factory=list)  # index pass
+    needed: Counter = field(default_factory=Counter)  # ordinal -> frames still to use it
+    stored: dict[int, bytes] = field(default_factory=dict)
+    seen: int = 0
+
+
+@dataclass
+class _Pending:
+    camera: _Camera
+    msgtype: str
+    time_ns: int
+    raw: bytes
+    prompts: list[PromptRequest]
+    depth: int | None
+    info: int | None
+
+
+class BagRun:
+    """One ``process_bag`` call: the index pass when needed, then one pass that copies and processes."""
+
+    def __init__(self, reader: Any, src: Path, options: BagOptions, core: NodeCore, typestore: Any,
+                 summary: BagSummary, log: Callable[[str], None]) -> None:
+        self.reader, self.src, self.options, self.core, self.typestore = reader, src, options, core, typestore
+        self.summary, self.log = summary, log
+        self.types = core.types
+        self.start = options.start.resolve(reader.start_time) if options.start else None
+        self.stop = options.end.resolve(reader.start_time) if options.end else None
+        self.cameras: dict[str, _Camera] = {}
+        self.companions: dict[str, _Companion] = {}
+        self.pending: deque[_Pending] = deque()
+        self.rendering: deque[Future[list[tuple[Any, int, bytes]]]] = deque()
+        self.bar: Any = None
+        self.check_interrupt: Callable[[], None] = lambda: None
+        self._plan()
+
+    def run(self, writer: Any, check_interrupt: Callable[[], None]) -> None:
+        from tqdm import tqdm
+
+        self.check_interrupt = check_interrupt
+        for camera in self.cameras.values():
+            camera.outputs = {kind: writer.add_connection(topic, msgtype, typestore=self.typestore)
+                              for kind, (topic, msgtype) in camera.names.items()}
+        copies = self._add_copies(writer)
+        indexed = [c for c in self.cameras.values() if c.indexed]
+        total = (self._index(indexed) if indexed else 0) + self._estimate([c for c in self.cameras.values()
+                                                                           if not c.indexed])
+        with tqdm(total=total, unit="frame", desc="semsam bag", disable=not self.options.progress,
+                  dynamic_ncols=True) as self.bar, ThreadPoolExecutor(1, "semsam-bag-render") as renderer:
+            try:
+                for conn, time_ns, raw in read_messages(self.reader, self.src, start=self.start, stop=self.stop):
+                    self.check_interrupt()
+                    if conn.id in copies:
+                        writer.write(copies[conn.id], time_ns, raw)
+                        self.summary.copied += 1
+                    topic = conn.topic
+                    if topic in self.cameras:
+                        self._on_frame(self.cameras[topic], conn.msgtype, time_ns, raw)
+                    if topic in self.companions:
+                        self._on_companion(self.companions[topic], raw)
+                    self._flush(writer, renderer, final=False)
+                self._flush(writer, renderer, final=True)
+            finally:  # also on Ctrl-C: every frame segmented so far is written
+                self._write_rendered(writer, 0)
+
+    # setup
+
+    def _plan(self) -> None:
+        """Check the topics and plan the outputs of each image topic (before anything is written)."""
+        options, topics = self.options, self.reader.topics
+        for topic in options.image_topics:
+            require_topic(topics, topic, IMAGE_TYPES, "image")
+        if len(options.image_topics) > 1 and (options.segments_topic or options.overlay_topic):
+            raise BagError("--segments-topic and --overlay-topic need a single --image-topic")
+        for what, mapping in (("prompts", options.prompts), ("prompt_topics", options.prompt_topics),
+                              ("depth_topics", options.depth_topics),
+                              ("camera_info_topics", options.camera_info_topics)):
+            unknown = sorted(set(mapping) - set(options.image_topics))
+            if unknown:
+                raise BagError(f"{what} names {unknown[0]}, which is not one of the image topics")
+        taken = set(topics)
+        for topic in options.image_topics:
+            names = output_topics(topic)
+            names["segments"] = options.segments_topic or names["segments"]
+            names["overlay"] = options.overlay_topic or names["overlay"]
+            kinds = {"segments": SEGMENT_ARRAY}
+            if options.overlay:
+                kinds["overlay"] = IMAGE
+            depth_topic = options.depth_topics.get(topic)
+            info_topic = None
+            if depth_topic is not None:
+                require_topic(topics, depth_topic, IMAGE_TYPES, "depth")
+                info_topic = options.camera_info_topics.get(topic, default_camera_info_topic(topic))
+                require_topic(topics, info_topic, (CAMERA_INFO,), "camera_info")
+                kinds.update(markers=MARKER_ARRAY, points=POINT_CLOUD)
+            prompt_topic = options.prompt_topics.get(topic)
+            if prompt_topic is not None:
+                require_topic(topics, prompt_topic, (PROMPT,), "prompt")
+            for kind in kinds:
+                if names[kind] in taken:
+                    raise BagError(f"output topic {names[kind]} exists already in the input bag or twice in the "
+                                   "output; choose another with --segments-topic/--overlay-topic")
+                taken.add(names[kind])
+            self.cameras[topic] = _Camera(topic, {kind: (names[kind], msgtype) for kind, msgtype in kinds.items()},
+                                          options.prompts.get(topic, []), prompt_topic, depth_topic, info_topic)
+            for companion, msgtype in ((depth_topic, topics[depth_topic].msgtype if depth_topic else ""),
+                                       (info_topic, CAMERA_INFO)):
+                if companion is not None:
+                    self.companions.setdefault(companion, _Companion(msgtype))
+
+    def _add_copies(self, writer: Any) -> dict[int, Any]:
+        """An output connection for every input connection that can be copied (input id -> output connection)."""
+        from rosbags.interfaces import MessageDefinitionFormat
+        from rosbags.typesys import get_types_from_msg
+
+        copies: dict[int, Any] = {}
+        added: dict[tuple[str, str, str, str], Any] = {}
+        for conn in self.reader.connections:
+            key = (conn.topic, conn.msgtype, conn.ext.serialization_format, repr(conn.ext.offered_qos_profiles))
+            if key in added:
+                copies[conn.id] = added[key]
+                continue
+            msgdef = conn.msgdef.data if conn.msgdef.format != MessageDefinitionFormat.NONE else ""
+            extra = {"serialization_format": conn.ext.serialization_format,
+                     "offered_qos_profiles": conn.ext.offered_qos_profiles}
+            if msgdef and conn.digest:
+                out = writer.add_connection(conn.topic, conn.msgtype, msgdef=msgdef, rihs01=conn.digest, **extra)
+            else:
+                if conn.msgtype not in self.typestore.types and conn.msgdef.format == MessageDefinitionFormat.MSG:
+                    found = get_types_from_msg(msgdef, conn.msgtype)
+                    self.typestore.register({k: v for k, v in found.items() if k not in self.typestore.types})
+                if conn.msgtype not in self.typestore.types:
+                    self.log(f"topic {conn.topic} not copied: type {conn.msgtype} is unknown and the bag stores "
+                             "no definition of it")
+                    continue
+                out = writer.add_connection(conn.topic, conn.msgtype, typestore=self.typestore, **extra)
+            copies[conn.id] = added[key] = out
+        return copies
+
+    def _estimate(self, cameras: Sequence[_Camera]) -> int:
+        """Frames of ``cameras`` to process, from the topic counts (exact without --start/--end, proportional to
+        the window's length with)."""
+        reader = self.reader
+        span = max(1, reader.end_time - reader.start_time)
+        start = max(reader.start_time, self.start if self.start is not None else reader.start_time)
+        stop = min(reader.end_time, self.stop if self.stop is not None else reader.end_time)
+        share = min(1.0, max(0.0, (stop - start) / span))
+        counts = [reader.topics[c.topic].msgcount for c in cameras]
+        return sum(math.ceil(round(n * share) / self.options.every) for n in counts)
+
+    def _index(self, cameras: Sequence[_Camera]) -> int:
+        """The index pass over ``cameras`` (those with topic prompts or 3D): frame stamps, topic prompts and
+        companion stamps; chooses their frames and what each is processed with; returns how many are chosen."""
+        params = self.core.params
+        prompt_topics = {c.prompt_topic for c in cameras if c.prompt_topic}
+        wanted = {c.topic for c in cameras} | prompt_topics | set(self.companions)
+        connections = [c for c in self.reader.connections if c.topic in wanted]
+        frames: dict[str, tuple[list[int], list[int]]] = {c.topic: ([], []) for c in cameras}
+        prompts: dict[str, list[tuple[int, PromptRequest]]] = {t: [] for t in prompt_topics}
+        for conn, time_ns, raw in read_messages(self.reader, self.src, connections, self.start, self.stop):
+            self.check_interrupt()
+            stamp = header_stamp(raw)
+            if conn.topic in frames:
+                frames[conn.topic][0].append(-1 if stamp is None else stamp)
+                frames[conn.topic][1].append(time_ns)
+            if conn.topic in self.companions:
+                self.companions[conn.topic].stamps.append(-1 if stamp is None else stamp)
+            if conn.topic in prompts:
+                try:
+                    prompts[conn.topic].append((time_ns, prompt_from_msg(self.typestore.deserialize_cdr(raw, PROMPT))))
+                except Exception as exc:  # noqa: BLE001  (a bad recorded prompt is skipped and counted)
+                    self.core.errors.report(f"prompt/{type(exc).__name__}", f"{conn.topic}: prompt skipped: {exc}")
+        for camera in cameras:
+            stamps, times = np.array(frames[camera.topic][0], dtype=np.int64), frames[camera.topic][1]
+            for time_ns, prompt in prompts.get(camera.prompt_topic, []):
+                ordinal = self._anchor(camera, stamps, times, time_ns, prompt, params.max_stamp_diff)
+                if ordinal is not None:
+                    camera.anchored.setdefault(ordinal, []).append(prompt)
+            answered = {o for o, ps in camera.anchored.items() if any(not p.is_empty or p.text for p in ps)}
+            camera.selected = set(range(0, len(stamps), self.options.every)) | answered
+            if camera.depth_topic is not None:
+                depth = np.array(self.companions[camera.depth_topic].stamps, dtype=np.int64)
+                infos = np.array(self.companions[camera.info_topic].stamps, dtype=np.int64)
+                for ordinal in camera.selected:
+                    match = nearest(depth, int(stamps[ordinal]), round(params.sync_slop * 1e9))
+                    info = nearest(infos, int(stamps[ordinal]), None)
+                    if match is not None and info is not None:
+                        camera.depth[ordinal], camera.info[ordinal] = match, info
+                        self.companions[camera.depth_topic].needed[match] += 1
+                        self.companions[camera.info_topic].needed[info] += 1
+        return sum(len(c.selected) for c in cameras)
+
+    def _anchor(self, camera: _Camera, stamps: np.ndarray, times: list[int], time_ns: int, prompt: PromptRequest,
+                max_diff_s: float) -> int | None:
+        """The frame a topic prompt is answered on (nearest its stamp; stamp zero: the newest one at its bag time)."""
+        if prompt.stamp_ns == 0:
+            ordinal = bisect.bisect_right(times, time_ns) - 1
+            if ordinal < 0:
+                self.core.errors.report("prompt/PromptError/no_frame",
+                                        f"prompt {prompt.prompt_id}: no frame on {camera.topic} before it")
+                return None
+            return ordinal
+        ordinal = nearest(stamps, prompt.stamp_ns, None)
+        gap = abs(int(stamps[ordinal]) - prompt.stamp_ns) / 1e9 if ordinal is not None else math.inf
+        if gap > max_diff_s:
+            self.core.errors.report(
+                "prompt/PromptError/stamp",
+                f"prompt {prompt.prompt_id}: stamp is {gap:.3f} s from the nearest of the {len(stamps)} frames on "
+                f"{camera.topic} (max_stamp_diff {max_diff_s} s)")
+            return None
+        return ordinal
+
+    # the processing pass
+
+    def _on_frame(self, camera: _Camera, msgtype: str, time_ns: int, raw: bytes) -> None:
+        """Apply the topic prompts anchored on this frame; queue the frame if it is to be processed."""
+        ordinal = camera.seen
+        camera.seen += 1
+        self.summary.frames += 1
+        answered = [p for p in camera.anchored.pop(ordinal, []) if update_sticky(camera.sticky, p)]
+        chosen = ordinal % self.options.every == 0 if camera.selected is None else ordinal in camera.selected
+        if not chosen:
+            return
+        prompts = camera.prompts + answered + [p for p in camera.sticky.values() if all(p is not q for q in answered)]
+        self.pending.append(_Pending(camera, msgtype, time_ns, raw, prompts, camera.depth.get(ordinal),
+                                     camera.info.get(ordinal)))
+
+    def _on_companion(self, companion: _Companion, raw: bytes) -> None:
+        """Keep a depth or camera_info message while a queued or later frame needs it."""
+        if companion.needed[companion.seen]:
+            companion.stored[companion.seen] = raw
+        companion.seen += 1
+
+    def _ready(self, item: _Pending) -> bool:
+        """Whether the depth and camera_info the frame is paired with have been read."""
+        camera = item.camera
+        return all(ordinal is None or self.companions[topic].seen > ordinal
+                   for topic, ordinal in ((camera.depth_topic, item.depth), (camera.info_topic, item.info)))
+
+    def _flush(self, writer: Any, renderer: ThreadPoolExecutor, final: bool) -> None:
+        """Segment the queued frames in order, as far as they are ready (all of them when ``final``); their outputs
+        are rendered and serialised in the background while the next frame is segmented."""
+        while self.pending and (final or self._ready(self.pending[0])):
+            item = self.pending.popleft()
+            self.check_interrupt()
+            output = self._segment(item)
+            if output is None:
+                self.summary.skipped += 1
+            else:
+                self.rendering.append(renderer.submit(self._render, item, output))
+            self._write_rendered(writer, RENDER_QUEUE)
+            self.bar.update()
+
+    def _write_rendered(self, writer: Any, keep: int) -> None:
+        """Write the rendered outputs, in order: those done, and all but ``keep`` of the others once done."""
+        while self.rendering and (self.rendering[0].done() or len(self.rendering) > keep):
+            for connection, time_ns, raw in self.rendering.popleft().result():
+                writer.write(connection, time_ns, raw)
+            self.summary.segmented += 1
+
+    def _take(self, topic: str | None, ordinal: int | None) -> Any | None:
+        """The deserialised companion message ``ordinal`` of ``topic`` (dropped once no frame needs it)."""
+        if topic is None or ordinal is None:
+            return None
+        companion = self.companions[topic]
+        companion.needed[ordinal] -= 1
+        raw = companion.stored.get(ordinal) if companion.needed[ordinal] > 0 else companion.stored.pop(ordinal, None)
+        if raw is None:
+            return None
+        try:
+            return self.typestore.deserialize_cdr(raw, companion.msgtype)
+        except Exception as exc:  # noqa: BLE001  (a corrupt depth or camera_info message: no 3D for this frame)
+            self.core.errors.report(f"3d/{type(exc).__name__}", f"{topic}: cannot deserialise message: {exc}")
+            return None
+
+    def _segment(self, item: _Pending) -> Output | None:
+        """The frame's Output, or None when it cannot be segmented (counted and logged)."""
+        camera = item.camera
+        depth, info = self._take(camera.depth_topic, item.depth), self._take(camera.info_topic, item.info)
+        try:
+            image = self.typestore.deserialize_cdr(item.raw, item.msgtype)
+        except Exception as exc:  # noqa: BLE001  (a corrupt message skips its frame)
+            self.core.errors.report(f"image/{type(exc).__name__}", f"{camera.topic}: cannot deserialise frame: {exc}")
+            return None
+        if camera.depth_topic is not None and (item.depth is None or item.info is None):
+            self.core.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
+                                                   f"{stamp_to_ns(image.header.stamp)} ns")
+        try:
+            return self.core.process(Frame(image, stamp_to_ns(image.header.stamp), depth, info), item.prompts,
+                                     self.options.auto)
+        except Exception:  # noqa: BLE001  (counted and logged by the core; the frame is skipped)
+            return None
+
+    def _render(self, item: _Pending, output: Output) -> list[tuple[Any, int, bytes]]:
+        """(output connection, bag time, CDR bytes) of every message of a segmented frame."""
+        from semsam_ros.geometry import segments_cloud
+        from semsam_ros.inference.render import render_overlay
+        from semsam_ros.ros.cloud import cloud_message
+        from semsam_ros.ros.markers import marker_array
+
+        outputs, header, types = item.camera.outputs, output.message.header, self.types
+        messages = [("segments", output.message, SEGMENT_ARRAY)]
+        if "overlay" in outputs:
+            points = [xy for p in output.prompts for xy in p.points]
+            boxes = [box for p in output.prompts for box in p.boxes]
+            overlay = render_overlay(output.frame.rgb, output.segments, points=points, boxes=boxes,
+                                     alpha=self.core.params.overlay_alpha)
+            messages.append(("overlay", rgb_to_image(types, overlay, header), IMAGE))
+        if output.results3d is not None:
+            cloud = segments_cloud(output.segments, output.results3d)
+            messages.append(("markers", marker_array(types, header, output.segments, output.results3d), MARKER_ARRAY))
+            messages.append(("points", cloud_message(types, header, cloud), POINT_CLOUD))
+        return [(outputs[kind], item.time_ns, self.typestore.serialize_cdr(message, msgtype))
+                for kind, message, msgtype in messages]
+
+
+def require_topic(topics: dict[str, Any], topic: str, msgtypes: Sequence[str], what: str) -> None:
+    if topic not in topics:
+        candidates = sorted(t for t, info in topics.items() if info.msgtype in msgtypes)
+        raise BagError(f"{what} topic {topic} is not in the bag (topics of type {' or '.join(msgtypes)}: "
+                       f"{', '.join(candidates) or 'none'})")
+    if topics[topic].msgtype not in msgtypes:
+        raise BagError(f"{what} topic {topic} has type {topics[topic].msgtype}, expected {' or '.join(msgtypes)}")
+

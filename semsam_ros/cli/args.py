@@ -1,0 +1,89 @@
+"""What every command shares: UserError, argument types, the model options and the predictor they build."""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from semsam_ros.inference.options import ModelOptions
+from semsam_ros.types import BACKENDS, LEVELS, PRECISIONS
+
+
+class UserError(Exception):
+    """A mistake of the user (missing file, bad image, prompt outside the image, wrong checkpoint...)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _numbers(text: str, count: int, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """'X,Y' in pixels."""
+    x, y = _numbers(text, 2, "a point (X,Y)")
+    return x, y
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """'X0,Y0,X1,Y1' in pixels."""
+    x0, y0, x1, y1 = _numbers(text, 4, "a box (X0,Y0,X1,Y1)")
+    return x0, y0, x1, y1
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """'1,3,6': distinct granularity levels among 1..6."""
+    try:
+        levels = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or len(set(levels)) != len(levels) or not set(levels) <= set(LEVELS):
+        raise argparse.ArgumentTypeError(f"levels must be distinct numbers among 1..6 like 1,3,6, got {text!r}")
+    return levels
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --config, --device, --input-size, --backend, --precision (read by :func:`model_options`)."""
+    parser.add_argument("--checkpoint", required=True, help="official .pth or converted .safetensors")
+    parser.add_argument("--config", help="swint, swinl or an official YAML (default: read from the checkpoint)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device, e.g. cpu, cuda or cuda:1; auto: cuda when available (default: auto)")
+    parser.add_argument("--input-size", type=int, default=640, help="short side the model sees (default: 640)")
+    parser.add_argument("--backend", choices=BACKENDS, default="eager",
+                        help="how the model runs (default: eager); tensorrt engines are cached, see docs/deployment.md")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(default: fp32)")
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """The ModelOptions of the :func:`add_model_arguments` options."""
+    return ModelOptions(args.checkpoint, args.config, args.device, args.input_size, args.backend, args.precision)
+
+
+def device(args: argparse.Namespace) -> Any:
+    """torch.device of --device; UserError when it is malformed or not available."""
+    from semsam_ros.inference.options import resolve_device
+
+    try:
+        return resolve_device(args.device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
+    """(Predictor, model id) for the :func:`add_model_arguments` options; UserError when they are wrong."""
+    from semsam_ros.checkpoint import CheckpointError
+    from semsam_ros.inference import options
+    from semsam_ros.inference.backends import BackendError
+
+    try:
+        return options.load_predictor(model_options(args))
+    except (CheckpointError, BackendError, ValueError) as exc:
+        raise UserError(str(exc)) from None
