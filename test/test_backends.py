@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from semsam_ros.inference import backends
-from semsam_ros.inference.accuracy import AccuracyError, evaluate
+from semsam_ros.inference.backends import base, tensorrt
+from semsam_ros.inference.backends.accuracy import AccuracyError, evaluate
 from semsam_ros.inference.backends import (
     BackendError,
     CompileBackend,
@@ -324,12 +325,12 @@ def test_engine_key_covers_weights_code_and_environment(tiny_model, built_cache)
     a = nn.Linear(2, 2)
     torch.manual_seed(0)
     b = nn.Linear(2, 2)
-    assert backends.weights_digest(a) == backends.weights_digest(b) != backends.weights_digest(nn.Linear(2, 2))
+    assert tensorrt.weights_digest(a) == tensorrt.weights_digest(b) != tensorrt.weights_digest(nn.Linear(2, 2))
 
 
 def test_second_start_builds_nothing(tiny_model, built_cache, caplog, monkeypatch):
     root, first, _ = built_cache
-    monkeypatch.setattr(backends, "_logged", set())
+    monkeypatch.setattr(base, "_logged", set())
     compiler = FakeCompiler(tiny_model)
     with caplog.at_level(logging.INFO):
         backend = _trt(tiny_model, root, compiler)

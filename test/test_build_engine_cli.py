@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from semsam_ros.inference import accuracy, backends, build_engine_cli
+from semsam_ros.inference import backends, build_engine_cli
 from semsam_ros.inference.backends import TensorRTBackend
 from trt_fakes import FakeCompiler
 

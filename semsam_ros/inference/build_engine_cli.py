@@ -118,7 +118,7 @@ def _error(message: str, status: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError, load_model
-    from .accuracy import AccuracyError
+    from .backends.accuracy import AccuracyError
     from .backends import BackendError, create_backend
 
     if not logging.getLogger().handlers:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from ..checkpoint import sha256_file
+from ...checkpoint import sha256_file
 
 log = logging.getLogger(__name__)
 
