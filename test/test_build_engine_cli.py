@@ -47,7 +47,7 @@ def test_without_tensorrt_it_fails_clearly(tiny_checkpoint, monkeypatch, capsys)
 
 def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def fake_backend(name, model, device, precision, **options):
-        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model), **options)
+        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(), **options)
 
     monkeypatch.setattr(backends, "create_backend", fake_backend)
     argv = [
@@ -82,7 +82,7 @@ def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeyp
 
 def test_refused_engines_exit_3(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def fake_backend(name, model, device, precision, **options):
-        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model, negate=True), **options)
+        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(negate=True), **options)
 
     monkeypatch.setattr(backends, "create_backend", fake_backend)
     argv = [

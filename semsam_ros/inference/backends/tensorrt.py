@@ -161,6 +161,28 @@ def model_code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def example_inputs(
+    model: SemanticSam, shape: Shape, buckets: Sequence[int], device: torch.device
+) -> dict[int | None, tuple[Tensor, ...]]:
+    """Inputs (ordinary tensors, not inference tensors) for exporting and compiling each part at padded ``shape``:
+    the image encoder's under None, each prompt bucket's decoder's under its prompt count."""
+    with torch.inference_mode(False), torch.no_grad():
+        image = torch.zeros(1, 3, *shape, device=device)
+        mask_features, values = model.image_encoder(image)
+        examples: dict[int | None, tuple[Tensor, ...]] = {None: (image,)}
+        for bucket in buckets:
+            boxes = torch.full((bucket, 4), 0.5, device=device)
+            examples[bucket] = (boxes, torch.zeros(bucket, dtype=torch.long, device=device), mask_features, values)
+    return examples
+
+
+def export_part(model: SemanticSam, part: int | None, inputs: tuple[Tensor, ...]) -> torch.export.ExportedProgram:
+    """The fp32 program that is compiled for ``part`` (None: the image encoder; a bucket: the prompt decoder)."""
+    module = model.image_encoder if part is None else model.prompt_decoder
+    with torch.inference_mode(False):
+        return torch.export.export(module, inputs, strict=False)
+
+
 class _Engines:
     """Runs one input shape's engines directly (no CUDA graphs, no preparation): the accuracy guard's candidate."""
 
@@ -262,16 +284,15 @@ class TensorRTBackend(Backend):
             )
         built: dict[int | None, tuple[float, tuple[Tensor, ...]]] = {}
         if missing:
-            examples = self._examples(shape)
+            examples = example_inputs(self.model, shape, self.buckets, self.device)
             for i, part in enumerate(missing, 1):
                 what = "image encoder" if part is None else f"prompt decoder, {part} prompts"
                 log.info(
                     "TensorRT [%d/%d]: building %s at %dx%d, %s ...", i, len(missing), what, *shape, self.precision
                 )
                 start = time.perf_counter()
-                module = self.model.image_encoder if part is None else self.model.prompt_decoder
                 with torch.inference_mode(False):
-                    exported = torch.export.export(module, examples[part], strict=False)
+                    exported = export_part(self.model, part, examples[part])
                     engines[part] = self.compiler.compile(exported, examples[part], self.dtype, self.device)
                 built[part] = (time.perf_counter() - start, examples[part])
                 log.info("TensorRT [%d/%d]: built in %.1f s", i, len(missing), built[part][0])
@@ -309,20 +330,3 @@ class TensorRTBackend(Backend):
             self.cache.store(key, functools.partial(self.compiler.save, engines[part], inputs=inputs), info)
             self._record(key, "built", seconds)
         self._engines[shape] = engines
-
-    def _examples(self, shape: Shape) -> dict[int | None, tuple[Tensor, ...]]:
-        """Example inputs (ordinary tensors, not inference tensors) for exporting and compiling each part."""
-        with torch.inference_mode(False), torch.no_grad():
-            image = torch.zeros(1, 3, *shape, device=self.device)
-            mask_features, values = self.model.image_encoder(image)
-            examples: dict[int | None, tuple[Tensor, ...]] = {None: (image,)}
-            for bucket in self.buckets:
-                boxes = torch.full((bucket, 4), 0.5, device=self.device)
-                examples[bucket] = (
-                    boxes,
-                    torch.zeros(bucket, dtype=torch.long, device=self.device),
-                    mask_features,
-                    values,
-                )
-        return examples
-
