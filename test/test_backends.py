@@ -1,5 +1,5 @@
 """Backends: bucketing, precision, selection and fallback, torch.compile, and the TensorRT build / cache / guard
-logic (through a stand-in compiler that needs no GPU). GPU and Torch-TensorRT tests skip without them."""
+logic (through a stand-in for torch_tensorrt that needs no GPU). GPU and Torch-TensorRT tests skip without them."""
 from __future__ import annotations
 
 import logging

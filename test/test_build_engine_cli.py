@@ -1,5 +1,5 @@
 """`semsam build-engine`: argument parsing, a clear failure without Torch-TensorRT, and a build then a cached run
-(through the stand-in compiler)."""
+(through the stand-in for torch_tensorrt)."""
 from __future__ import annotations
 
 import argparse

@@ -86,7 +86,7 @@ def pytorch_ops(module: nn.Module) -> Counter[str]:
 
 
 class EngineCompiler(Protocol):
-    """What the TensorRT backend needs from a compiler; tests substitute one that needs no GPU."""
+    """What the TensorRT backend needs from a compiler (:class:`TorchTensorRTCompiler`, or another builder)."""
 
     def environment(self, device: torch.device) -> dict[str, str]:
         """EngineKey fields: torch, torch_tensorrt and tensorrt versions, gpu name, compute_capability."""
