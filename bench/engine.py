@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from benchlib import MODELS, command_line, latency, machine, make_model, parse_size, peak_memory, time_ms, write_json
-from semsam_ros.inference.accuracy import evaluate, guard_images, guard_prompts
+from semsam_ros.inference.backends.accuracy import evaluate, guard_images, guard_prompts
 from semsam_ros.inference.backends import BACKENDS, PRECISIONS, BackendError, EagerBackend, create_backend
 from semsam_ros.model.semantic_sam import SemanticSam
 

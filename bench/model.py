@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from benchlib import MODELS, command_line, latency, machine, make_model, parse_size, peak_memory, time_ms, write_json
-from semsam_ros.inference.accuracy import guard_images, guard_prompts
+from semsam_ros.inference.backends.accuracy import guard_images, guard_prompts
 
 
 @torch.inference_mode()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from semsam_ros.inference.accuracy import (
+from semsam_ros.inference.backends.accuracy import (
     GUARD_CHUNKS,
     AccuracyError,
     AccuracyReport,

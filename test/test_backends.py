@@ -1,5 +1,5 @@
 """Backends: bucketing, precision, selection and fallback, torch.compile, and the TensorRT build / cache / guard
-logic (through a stand-in compiler that needs no GPU). GPU and Torch-TensorRT tests skip without them."""
+logic (through a stand-in for torch_tensorrt that needs no GPU). GPU and Torch-TensorRT tests skip without them."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from semsam_ros.inference import backends
-from semsam_ros.inference.accuracy import AccuracyError, evaluate
+from semsam_ros.inference.backends import base, tensorrt as trt_backend
+from semsam_ros.inference.backends.accuracy import AccuracyError, evaluate
 from semsam_ros.inference.backends import (
     BackendError,
     CompileBackend,
@@ -278,7 +279,7 @@ def _trt(model, cache_dir: Path, compiler: FakeCompiler, **options) -> TensorRTB
 def built_cache(tiny_model, tmp_path_factory):
     """A cache holding the tiny model's engines (64x96, buckets 1 and 4), and the backend that built them."""
     root = tmp_path_factory.mktemp("engines")
-    compiler = FakeCompiler(tiny_model)
+    compiler = FakeCompiler()
     backend = _trt(tiny_model, root, compiler)
     backend.prepare(SHAPE)
     return root, backend, compiler
@@ -291,7 +292,8 @@ def _copy(built_cache, tmp_path: Path) -> Path:
 
 def test_tensorrt_backend_builds_checks_and_caches(tiny_model, built_cache, features):
     root, backend, compiler = built_cache
-    assert compiler.compiled == [None, 1, 4]
+    assert compiler.trt.compiled == [None, 1, 4]
+    assert compiler.trt.settings == [{"disable_tf32": True, "enabled_precisions": {torch.float32}}] * 3
     assert [(r["part"], r["bucket"], r["source"]) for r in backend.records] == [
         ("encoder", None, "built"),
         ("decoder", 1, "built"),
@@ -324,45 +326,49 @@ def test_engine_key_covers_weights_code_and_environment(tiny_model, built_cache)
     a = nn.Linear(2, 2)
     torch.manual_seed(0)
     b = nn.Linear(2, 2)
-    assert backends.weights_digest(a) == backends.weights_digest(b) != backends.weights_digest(nn.Linear(2, 2))
+    assert trt_backend.weights_digest(a) == trt_backend.weights_digest(b) != trt_backend.weights_digest(nn.Linear(2, 2))
 
 
 def test_second_start_builds_nothing(tiny_model, built_cache, caplog, monkeypatch):
     root, first, _ = built_cache
-    monkeypatch.setattr(backends, "_logged", set())
-    compiler = FakeCompiler(tiny_model)
+    monkeypatch.setattr(base, "_logged", set())
+    compiler = FakeCompiler()
     with caplog.at_level(logging.INFO):
         backend = _trt(tiny_model, root, compiler)
         backend.prepare(SHAPE)
-        _trt(tiny_model, root, FakeCompiler(tiny_model)).prepare(SHAPE)
-    assert compiler.compiled == [] and not backend.accuracy
+        _trt(tiny_model, root, FakeCompiler()).prepare(SHAPE)
+    assert compiler.trt.compiled == [] and not backend.accuracy
     assert [r["source"] for r in backend.records] == ["cache"] * 3
     assert "building" not in caplog.text
-    # ops left to PyTorch are reported clearly, once per engine and process (not again on the second start)
-    assert caplog.text.count("TensorRT 4-prompt decoder (fp32): 1 ops run in PyTorch: aten.clone.default x1") == 1
+    # ops left to PyTorch (here: all, nothing is a TensorRT engine) are reported once per engine and process
+    ops = pytorch_ops(backend._engines[SHAPE][4])
+    assert ops["aten.linear.default"] > 0
+    assert caplog.text.count(f"TensorRT 4-prompt decoder (fp32): {sum(ops.values())} ops run in PyTorch: ") == 1
     image = torch.randn(1, 3, *SHAPE)
-    for got, want in zip(backend.image_encoder(image), first.image_encoder(image)):
-        assert torch.equal(got, want)
+    for got, want in zip(backend.image_encoder(image), first.image_encoder(image)):  # loaded vs as built
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_corrupt_entry_is_rebuilt_with_a_warning(tiny_model, built_cache, tmp_path, caplog):
     root = _copy(built_cache, tmp_path)
-    compiler = FakeCompiler(tiny_model)
+    compiler = FakeCompiler()
     backend = _trt(tiny_model, root, compiler)
     path = backend.cache.engine_path(backend.key(SHAPE, 4))
-    path.write_text("decodes")  # same length, different bytes
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same length, one byte differs
+    path.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
         backend.prepare(SHAPE)
     assert "does not match its manifest" in caplog.text and "decoder-64x96-b4-fp32.pt2" in caplog.text
-    assert compiler.compiled == [4]
+    assert compiler.trt.compiled == [4]
     assert [r["source"] for r in backend.records] == ["cache", "cache", "built"]
-    again = FakeCompiler(tiny_model)
+    again = FakeCompiler()
     _trt(tiny_model, root, again).prepare(SHAPE)
-    assert again.compiled == []
+    assert again.trt.compiled == []
 
 
 def test_no_build_at_launch_when_forbidden(tiny_model, tmp_path):
-    backend = _trt(tiny_model, tmp_path, FakeCompiler(tiny_model), allow_build=False)
+    backend = _trt(tiny_model, tmp_path, FakeCompiler(), allow_build=False)
     with pytest.raises(
         BackendError, match=r"allow_build=False; prebuild with: semsam build-engine .* --input-size 64x96"
     ):
@@ -371,7 +377,7 @@ def test_no_build_at_launch_when_forbidden(tiny_model, tmp_path):
 
 def test_inaccurate_engines_are_refused_and_never_cached(tiny_model, built_cache, tmp_path):
     root = _copy(built_cache, tmp_path)
-    backend = _trt(tiny_model, root, FakeCompiler(tiny_model, negate=True))
+    backend = _trt(tiny_model, root, FakeCompiler(negate=True))
     backend.cache.manifest_path(backend.key(SHAPE, 4)).unlink()  # one engine to build: the guard checks all
     with pytest.raises(AccuracyError, match="TensorRT fp32 engines for 64x96: mean mask IoU"):
         backend.prepare(SHAPE)
@@ -382,7 +388,7 @@ def test_inaccurate_engines_are_refused_and_never_cached(tiny_model, built_cache
 
 def test_inaccurate_engines_are_kept_with_a_warning_when_asked(tiny_model, built_cache, tmp_path, caplog):
     root = _copy(built_cache, tmp_path)
-    backend = _trt(tiny_model, root, FakeCompiler(tiny_model, negate=True), on_accuracy_failure="warn")
+    backend = _trt(tiny_model, root, FakeCompiler(negate=True), on_accuracy_failure="warn")
     backend.cache.manifest_path(backend.key(SHAPE, 4)).unlink()
     with caplog.at_level(logging.WARNING):
         backend.prepare(SHAPE)
@@ -391,19 +397,29 @@ def test_inaccurate_engines_are_kept_with_a_warning_when_asked(tiny_model, built
 
 
 def test_predictor_on_cached_engines(tiny_model, built_cache, test_image):
-    """Predictor -> TensorRT backend -> cached engines, end to end (inference mode, bucketing, upsampling)."""
-    backend = _trt(tiny_model, built_cache[0], FakeCompiler(tiny_model), allow_build=False)
+    """Predictor -> TensorRT backend -> exported programs reloaded from their .pt2 files, against eager (inference
+    mode, bucketing, upsampling)."""
+    backend = _trt(tiny_model, built_cache[0], FakeCompiler(), allow_build=False)
     predictor = Predictor(tiny_model, input_size=64, backend=backend)
     with pytest.raises(BackendError, match="64x128"):  # 48x80 -> 64x106 -> padded 64x128: never built
         predictor.prepare((48, 80))
     image = np.ascontiguousarray(np.resize(test_image, (64, 96, 3)))
     predictor.set_image(image)  # 64x96: prebuilt
+    assert [r["source"] for r in backend.records] == ["cache"] * 3
+    for part, engine in backend._engines[SHAPE].items():
+        path = backend.cache.engine_path(backend.key(SHAPE, part))
+        assert path.suffix == ".pt2" and isinstance(torch.export.load(path), torch.export.ExportedProgram)
+        assert isinstance(engine, torch.fx.GraphModule)  # the reloaded program, not the model's own module
+        weights = {p.data_ptr() for p in tiny_model.parameters()}
+        assert not weights & {t.data_ptr() for t in (*engine.parameters(), *engine.buffers())}
     points, boxes = [[10, 12], [50, 30]], [[30, 10, 70, 40]]
-    pred = predictor.predict(points=points, boxes=boxes)
+    pred = predictor.predict(points=points, boxes=boxes)  # 3 prompts: the 4-prompt engine
     reference = Predictor(tiny_model, input_size=64)
     reference.set_image(image)
     expected = reference.predict(points=points, boxes=boxes)
     np.testing.assert_allclose(pred.mask_logits, expected.mask_logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pred.iou_scores, expected.iou_scores, rtol=1e-4, atol=1e-5)
+    assert (pred.masks == expected.masks).mean() > 0.999
 
 
 # ------------------------------------------------------------------------------------------------ GPU

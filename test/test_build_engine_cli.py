@@ -1,5 +1,5 @@
 """`semsam build-engine`: argument parsing, a clear failure without Torch-TensorRT, and a build then a cached run
-(through the stand-in compiler)."""
+(through the stand-in for torch_tensorrt)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from semsam_ros.cli import engine, main
-from semsam_ros.inference import accuracy, backends
+from semsam_ros.inference import backends
+
 from semsam_ros.inference.backends import TensorRTBackend
 from trt_fakes import FakeCompiler
 
@@ -48,7 +49,7 @@ def test_without_tensorrt_it_fails_clearly(tiny_checkpoint, monkeypatch, capsys)
 
 def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def fake_backend(name, model, device, precision, **options):
-        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model), **options)
+        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(), **options)
 
     monkeypatch.setattr(backends, "create_backend", fake_backend)
     argv = [
@@ -83,7 +84,7 @@ def test_build_then_everything_from_the_cache(tiny_checkpoint, tmp_path, monkeyp
 
 def test_refused_engines_exit_3(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def fake_backend(name, model, device, precision, **options):
-        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(model, negate=True), **options)
+        return TensorRTBackend(model, device, precision, compiler=FakeCompiler(negate=True), **options)
 
     monkeypatch.setattr(backends, "create_backend", fake_backend)
     argv = [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from semsam_ros.inference.engine_cache import EngineCache, EngineKey, atomic_write, default_cache_dir
+from semsam_ros.inference.backends.engine_cache import EngineCache, EngineKey, atomic_write, default_cache_dir
 
 KEY = EngineKey(
     part="decoder",

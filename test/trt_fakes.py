@@ -1,61 +1,100 @@
-"""Test stand-ins for Torch-TensorRT: no GPU needed, same backend code paths (export, cache, guard, fallback log)."""
+"""A stand-in for the ``torch_tensorrt`` package, so the TensorRT backend runs on CPU with TensorRT alone faked.
+
+The backend's own code runs as it does on a GPU: it exports each part with ``torch.export``, and
+:class:`~semsam_ros.inference.backends.TorchTensorRTCompiler` calls ``torch_tensorrt.dynamo.compile``,
+``torch_tensorrt.save(..., output_format="exported_program")`` and ``torch_tensorrt.load``. Here the "engine" is
+the exported program's own module (its numerics are what runs), and save / load write and read real ``.pt2``
+archives with ``torch.export.save`` / ``torch.export.load``.
+"""
 from __future__ import annotations
 
-import operator
+import sys
+import types
+from pathlib import Path
+from typing import Any, Sequence
+from unittest import mock
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-
-def _partitioned(engine: nn.Module, inputs: int) -> torch.fx.GraphModule:
-    """What Torch-TensorRT returns, in miniature: an FX graph calling an engine submodule, one op left in PyTorch."""
-    graph = torch.fx.Graph()
-    out = graph.call_module("_run_on_acc_0", tuple(graph.placeholder(f"x{i}") for i in range(inputs)))
-    first, second = (graph.call_function(operator.getitem, (out, i)) for i in range(2))
-    graph.output((graph.call_function(torch.ops.aten.clone.default, (first,)), second))
-    return torch.fx.GraphModule({"_run_on_acc_0": engine}, graph)
+from semsam_ros.inference.backends import TorchTensorRTCompiler
 
 
 class Negated(nn.Module):
+    """A decoder engine that flips the sign of its mask logits: an inaccurate engine for the accuracy guard."""
+
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
 
-    def forward(self, *args):
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
         logits, ious = self.inner(*args)
         return -logits, ious
 
 
-class FakeCompiler:
-    """Stands in for Torch-TensorRT on CPU. The backend exports as for the real one; the 'engine' runs the eager
-    module, and its file names the part it stands for. ``negate`` flips decoder logits (an inaccurate engine)."""
+class FakeTorchTensorRT(types.ModuleType):
+    """What the backend uses of ``torch_tensorrt``: ``__version__``, ``dynamo.compile``, ``save`` and ``load``.
 
-    def __init__(self, model, torch_tensorrt: str = "2.8.0", negate: bool = False) -> None:
-        self.model, self.version, self.negate = model, torch_tensorrt, negate
+    ``compiled`` lists each compiled part (None: image encoder; else the decoder's prompt count) and ``settings``
+    the builder settings it got. ``negate`` makes decoder engines :class:`Negated`.
+    """
+
+    def __init__(self, version: str = "2.8.0", negate: bool = False) -> None:
+        super().__init__("torch_tensorrt")
+        self.__version__ = version
+        self.negate = negate
         self.compiled: list[int | None] = []
+        self.settings: list[dict[str, Any]] = []
+        self.dynamo = types.SimpleNamespace(compile=self.compile)
 
-    def environment(self, device):
+    def compile(
+        self,
+        exported_program: torch.export.ExportedProgram,
+        inputs: Sequence[Tensor] | None = None,
+        *,
+        arg_inputs: Sequence[Tensor],
+        device: torch.device | None = None,
+        **settings: Any,
+    ) -> nn.Module:
+        if not isinstance(exported_program, torch.export.ExportedProgram):
+            raise TypeError(f"expected an ExportedProgram, got {type(exported_program).__name__}")
+        decoder = len(arg_inputs) == 4
+        self.compiled.append(len(arg_inputs[0]) if decoder else None)
+        self.settings.append(settings)
+        engine = exported_program.module()
+        return Negated(engine) if decoder and self.negate else engine
+
+    def save(
+        self,
+        module: nn.Module,
+        file_path: str,
+        *,
+        output_format: str = "exported_program",
+        arg_inputs: Sequence[Tensor],
+    ) -> None:
+        if output_format != "exported_program":
+            raise NotImplementedError(f"the fake writes exported programs only, not {output_format!r}")
+        if Path(file_path).suffix != ".pt2":
+            raise ValueError(f"an exported program is saved as .pt2, got {file_path}")
+        torch.export.save(torch.export.export(module, tuple(arg_inputs), strict=False), file_path)
+
+    def load(self, file_path: str) -> torch.export.ExportedProgram:
+        return torch.export.load(file_path)
+
+
+class FakeCompiler(TorchTensorRTCompiler):
+    """The backend's real compiler over :class:`FakeTorchTensorRT` (``trt``), on a fake GPU."""
+
+    def __init__(self, torch_tensorrt: str = "2.8.0", negate: bool = False, **settings: Any) -> None:
+        with mock.patch.dict(sys.modules, {"torch_tensorrt": FakeTorchTensorRT(torch_tensorrt, negate)}):
+            super().__init__(**settings)
+
+    def environment(self, device: torch.device) -> dict[str, str]:
+        """EngineKey fields of a Jetson Orin (no CUDA device or TensorRT library here)."""
         return {
             "torch": torch.__version__,
-            "torch_tensorrt": self.version,
+            "torch_tensorrt": self.trt.__version__,
             "tensorrt": "10.3.0",
             "gpu": "Fake GPU",
             "compute_capability": "8.7",
         }
-
-    def _engine(self, part: str) -> torch.fx.GraphModule:
-        if part == "encoder":
-            return _partitioned(self.model.image_encoder, 1)
-        decoder = Negated(self.model.prompt_decoder) if self.negate else self.model.prompt_decoder
-        return _partitioned(decoder, 4)
-
-    def compile(self, exported, inputs, dtype, device):
-        assert isinstance(exported, torch.export.ExportedProgram)
-        self.compiled.append(len(inputs[0]) if len(inputs) == 4 else None)
-        return self._engine("decoder" if len(inputs) == 4 else "encoder")
-
-    def save(self, engine, path, inputs):
-        path.write_text("decoder" if len(inputs) == 4 else "encoder")
-
-    def load(self, path):
-        return self._engine(path.read_text())

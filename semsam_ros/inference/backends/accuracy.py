@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..types import MIN_MEAN_IOU, ON_FAILURE
+from ...types import MIN_MEAN_IOU, ON_FAILURE
 
 log = logging.getLogger(__name__)
 
