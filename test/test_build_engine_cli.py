@@ -10,7 +10,6 @@ import pytest
 
 from semsam_ros.cli import engine, main
 from semsam_ros.inference import backends
-
 from semsam_ros.inference.backends import TensorRTBackend
 from trt_fakes import FakeCompiler
 
