@@ -32,9 +32,9 @@ from rosbags.typesys.store import Typestore
 
 import semsam_ros
 import semsam_ros.bag as bag
-import semsam_ros.bag.run as bag_run
-import semsam_ros.inference.render as render
-import semsam_ros.ros.core as core
+import semsam_ros.viz.render as render
+import semsam_ros.ros.frame_processor as frame_processor
+import semsam_ros.ros.outputs as outputs
 import semsam_ros.ros.pipeline as pipeline
 from semsam_ros.ros.convert import PromptRequest, make_header
 from semsam_ros.ros.images import rgb_to_compressed, rgb_to_image
@@ -127,11 +127,11 @@ def main() -> None:
         timers = Timers(predictor.device)
         predictor.encode = timers.wrap("model", predictor.encode)
         predictor.predict = timers.wrap("model", predictor.predict)
-        pipeline._postprocess = timers.wrap("postprocess", pipeline._postprocess)
-        core.image_to_rgb = timers.wrap("image_decode", core.image_to_rgb)
-        core.segments_to_msg = timers.wrap("message_build", core.segments_to_msg)
+        pipeline.ModelPipeline.postprocess = timers.wrap("postprocess", pipeline.ModelPipeline.postprocess)
+        frame_processor.image_to_rgb = timers.wrap("image_decode", frame_processor.image_to_rgb)
+        frame_processor.segments_to_msg = timers.wrap("message_build", frame_processor.segments_to_msg)
         render.render_overlay = timers.wrap("overlay", render.render_overlay)
-        bag_run.rgb_to_image = timers.wrap("overlay", bag_run.rgb_to_image)
+        outputs.rgb_to_image = timers.wrap("overlay", outputs.rgb_to_image)
         Typestore.serialize_cdr = timers.wrap("serialize", Typestore.serialize_cdr)
         Typestore.deserialize_cdr = timers.wrap("deserialize", Typestore.deserialize_cdr)
         Writer.write = timers.wrap("write", Writer.write)

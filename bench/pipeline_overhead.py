@@ -22,7 +22,9 @@ import numpy as np
 
 from semsam_ros.types import make_segment
 from semsam_ros.ros.convert import PromptRequest, make_header, segments_to_msg
-from semsam_ros.ros.core import Hooks, NodeCore, NodeParams
+from semsam_ros.ros.params import NodeParams
+from semsam_ros.ros.pipeline import ModelPipeline
+from semsam_ros.ros.scheduler import Scheduler
 from semsam_ros.ros.images import image_to_rgb, rgb_to_compressed, rgb_to_image
 from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.typestore import make_typestore
@@ -71,12 +73,14 @@ class InstantModel:
 
 
 def core_step(types: MessageTypes, rgb: np.ndarray, segments: list, repeats: int) -> dict[str, float]:
-    """NodeCore.submit_frame + submit_prompt + step on a new rgb8 frame, the post-processing returning (copies
-    of) ``segments``."""
-    def postprocess(*args: object) -> list:
-        return [replace(s) for s in segments]
+    """Scheduler.submit_frame + submit_prompt + step on a new rgb8 frame, the real pipeline but for its
+    post-processing, which returns (copies of) ``segments``."""
+    class Instant(ModelPipeline):
+        def postprocess(self, *args: object) -> list:
+            return [replace(s) for s in segments]
 
-    core = NodeCore(NodeParams(), InstantModel(), types, Hooks(postprocess=postprocess), log=lambda _: None)
+    params = NodeParams()
+    core = Scheduler(params, InstantModel(), types, Instant(params, "cpu"), log=lambda _: None)
     frames = iter([rgb_to_image(types, rgb, make_header(types, i + 1, "cam")) for i in range(repeats + 1)])
 
     def run() -> None:

@@ -1,12 +1,14 @@
 """`semsam bag` / `process_bag` on bags written here with rosbags, read back and compared with the Python API."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,14 @@ from semsam_ros.inference.amg import AutomaticMaskGenerator  # noqa: E402
 from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt  # noqa: E402
 from semsam_ros.inference.predictor import Predictor  # noqa: E402
 from semsam_ros.ros.convert import PromptRequest, make_header, msg_to_segments, prompt_to_msg, stamp_to_ns  # noqa: E402
-from semsam_ros.ros.core import Frame, NodeCore, NodeParams  # noqa: E402
+from semsam_ros.ros.frame_processor import Frame, FrameProcessor  # noqa: E402
+from semsam_ros.ros.params import NodeParams  # noqa: E402
 from semsam_ros.ros.images import image_to_rgb  # noqa: E402
 from semsam_ros.ros.msgtypes import MessageTypes  # noqa: E402
-from semsam_ros.ros.pipeline import build_hooks  # noqa: E402
+from semsam_ros.ros.pipeline import ModelPipeline  # noqa: E402
+from semsam_ros.ros.outputs import OUTPUT_TYPES, build_outputs  # noqa: E402
+from semsam_ros.ros.scheduler import Scheduler  # noqa: E402
+from semsam_ros.ros.telemetry import Telemetry  # noqa: E402
 from semsam_ros.ros.typestore import make_typestore  # noqa: E402
 
 IMAGE, COMPRESSED = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
@@ -306,7 +312,7 @@ def test_auto_mode_window_and_compressed_topic(tmp_path, tiny_checkpoint, predic
                                   "--input-size", 64, "-q")
     assert status == 0, err
     dst = read_bag(out / "out.mcap")
-    assert set(dst) == {CAM2, "/seg"}
+    assert set(dst) == {CAM2, "/seg", "/cam2/image/label_image"}  # --no-overlay: no overlay
     assert [t for t, _, _ in dst[CAM2]] == [T0 + SEC, T0 + 2 * SEC]  # the window [1 s, 3 s) is copied...
     assert [t for t, _, _ in dst["/seg"]] == [T0 + SEC, T0 + 2 * SEC]  # ...and processed
     for k, (_, result, _) in zip((1, 2), dst["/seg"]):
@@ -322,7 +328,7 @@ def test_auto_mode_window_and_compressed_topic(tmp_path, tiny_checkpoint, predic
 
 def test_interrupt_leaves_a_readable_bag_with_the_results_so_far(mixed_bag, predictor, tmp_path, monkeypatch):
     calls = []
-    process = NodeCore.process
+    process = FrameProcessor.process
 
     def interrupted(self, *args, **kwargs):
         calls.append(1)
@@ -330,7 +336,7 @@ def test_interrupt_leaves_a_readable_bag_with_the_results_so_far(mixed_bag, pred
             raise KeyboardInterrupt
         return process(self, *args, **kwargs)
 
-    monkeypatch.setattr(NodeCore, "process", interrupted)
+    monkeypatch.setattr(FrameProcessor, "process", interrupted)
     logs: list[str] = []
     prompts = {CAM: [PromptRequest(0, np.array([[30.0, 20.0]]))]}
     options = BagOptions([CAM], prompts=prompts, storage="mcap", params=PARAMS)
@@ -349,7 +355,7 @@ def test_cli_interrupt_exit_status(mixed_bag, tiny_checkpoint, tmp_path, monkeyp
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(NodeCore, "process", interrupted)
+    monkeypatch.setattr(FrameProcessor, "process", interrupted)
     status, _, err = run_cli(capsys, "bag", mixed_bag, "--out", tmp_path / "out", "--image-topic", CAM, "--auto",
                              "--checkpoint", tiny_checkpoint, "--input-size", 64, "-q")
     assert status == 130 and "interrupted: segmented 0 of 1 frame(s)" in err and "semsam: interrupted" in err
@@ -440,6 +446,54 @@ def test_3d_outputs_with_real_geometry_and_depth_logged_after_the_image(tmp_path
             assert columns.min() - 1 <= u.min() and u.max() <= columns.max() + 1
 
 
+TIMINGS = ("encode_ms", "decode_ms", "postprocess_ms", "total_ms")  # wall-clock: the one field that may differ
+
+
+def test_node_and_bag_publish_the_same_messages_for_a_frame(tmp_path, predictor):
+    """One frame with depth through the node's path (Scheduler + ros.outputs, every output subscribed) and through
+    ``semsam bag``: every message is the same, byte for byte, but for the SegmentArray's timings."""
+    k, time_ns = 2, T0
+    depth = np.full((H, W), 1500, np.uint16)
+    depth[:, :HOLE] = 0
+    image = encoded(k, "rgb8")
+    depth_msg = raw_image(header(k), "16UC1", depth)
+    info = TYPES.make("sensor_msgs/msg/CameraInfo", header=header(k), height=H, width=W, distortion_model="",
+                      d=np.zeros(0), k=np.array([90.0, 0, 40, 0, 90.0, 32, 0, 0, 1]), r=np.eye(3).ravel(),
+                      p=np.zeros(12), binning_x=0, binning_y=0,
+                      roi=TYPES.make("sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0,
+                                     do_rectify=False))
+    prompts = [PromptRequest(4, np.array([[30.0, 20.0]]), levels=(1, 4, 6)),
+               PromptRequest(5, boxes=np.array([[10.0, 8.0, 60.0, 50.0]]))]
+    params = dataclasses.replace(PARAMS, overlay_alpha=0.4, label_image_level=4)
+
+    bag = write_bag(tmp_path / "in", "sqlite3", [(CAM, IMAGE, time_ns, image), ("/cam/depth", IMAGE, time_ns, depth_msg),
+                                                 ("/cam/camera_info", "sensor_msgs/msg/CameraInfo", time_ns, info)])
+    process_bag(bag, tmp_path / "out", predictor, BagOptions([CAM], prompts={CAM: prompts},
+                                                             depth_topics={CAM: "/cam/depth"}, params=params))
+    from_bag = {topic.removeprefix(f"{CAM}/"): raw for topic, [(_, _, raw)] in read_bag(tmp_path / "out").items()
+                if topic.startswith(f"{CAM}/")}
+
+    pipeline = ModelPipeline(params, "cpu", want_points=lambda: True)
+    node = Scheduler(params, predictor, TYPES, pipeline, model_id=predictor.model.model_id, log=print)
+    node.submit_frame(image, depth_msg, info)
+    for prompt in prompts:
+        node.submit_prompt(prompt)
+    (out,) = node.step()
+    known = lambda name: OUTPUT_TYPES[name] in STORE.fielddefs  # every output with a type (vision_msgs: not here)
+    published = build_outputs(TYPES, out, params, known, pipeline.semantics)
+
+    assert set(published) == set(from_bag) == {"segments", "overlay", "label_image", "markers", "points"}
+    segments = STORE.deserialize_cdr(from_bag.pop("segments"), OUTPUT_TYPES["segments"])
+    assert len(segments.segments) > 3 and all(s.has_3d for s in segments.segments)
+    for name in TIMINGS:
+        setattr(segments, name, 0.0)
+        setattr(published["segments"], name, 0.0)
+    assert STORE.serialize_cdr(segments, OUTPUT_TYPES["segments"]) == STORE.serialize_cdr(
+        published["segments"], OUTPUT_TYPES["segments"])
+    for name, raw in from_bag.items():
+        assert STORE.serialize_cdr(published[name], OUTPUT_TYPES[name]) == raw, name
+
+
 def test_options_that_do_not_fit_the_bag_write_nothing(mixed_bag, predictor, tmp_path, monkeypatch):
     with pytest.raises(BagError, match="prompts names /x, which is not one of the image topics"):
         process_bag(mixed_bag, tmp_path / "x", predictor, BagOptions([CAM], prompts={"/x": []}))
@@ -518,7 +572,7 @@ def test_the_bag_library_never_loads_the_command_line(mixed_bag, tiny_checkpoint
 import sys
 from semsam_ros.bag import BagOptions, process_bag
 from semsam_ros.inference.options import ModelOptions, load_predictor
-from semsam_ros.ros.core import NodeParams
+from semsam_ros.ros.params import NodeParams
 
 predictor, _ = load_predictor(ModelOptions({str(tiny_checkpoint)!r}, device="cpu", short_side=64))
 params = NodeParams(points_per_side=2, auto_iou_threshold=-100, stability_threshold=0)
@@ -565,7 +619,7 @@ def test_core_process_answers_what_fits_and_skips_the_encoder_when_nothing_does(
             return encode(image)
 
     logs: list[str] = []
-    core = NodeCore(PARAMS, Counting(), TYPES, build_hooks(PARAMS, "cpu")[0], log=logs.append)
+    core = FrameProcessor(PARAMS, Counting(), TYPES, ModelPipeline(PARAMS, "cpu"), Telemetry(logs.append, 10.0, time.monotonic))
     outside = PromptRequest(3, np.array([[500.0, 5.0]]))
     empty = core.process(Frame(encoded(0, "rgb8"), 0), [outside], auto=False)
     assert empty.segments == [] and empty.message.segments == [] and encoded_images == []
@@ -574,7 +628,7 @@ def test_core_process_answers_what_fits_and_skips_the_encoder_when_nothing_does(
     inside_prompt = PromptRequest(4, np.array([[10.0, 5.0]]), levels=(1,))
     answered = core.process(Frame(encoded(0, "rgb8"), 0), [outside, inside_prompt], auto=False)
     assert encoded_images == [(H, W, 3)] and {s.prompt_id for s in answered.segments} == {4}
-    assert core.errors.counts == {"prompt/PromptError/outside": 2}
+    assert core.telemetry.errors.counts == {"prompt/PromptError/outside": 2}
     with pytest.raises(ValueError, match="unsupported image encoding 'bayer_rggb8'"):
         core.process(Frame(raw_image(header(0), "bayer_rggb8", scene(0)[..., 0]), 0), [inside_prompt], auto=False)
-    assert core.errors.counts["image/UnsupportedEncodingError/bayer_rggb8"] == 1
+    assert core.telemetry.errors.counts["image/UnsupportedEncodingError/bayer_rggb8"] == 1

@@ -6,7 +6,7 @@ from rosbags.typesys import Stores, get_typestore
 import geometry_scenes as gs
 from semsam_ros.geometry import (CLOUD_DTYPE, CameraModel, depth_to_meters, pack_rgb, segments_cloud,
                                  segments_to_3d)
-from semsam_ros.inference.palette import segment_color, segment_colors
+from semsam_ros.viz.palette import segment_color, segment_colors
 from semsam_ros.types import make_segment
 from semsam_ros.ros.cloud import cloud_message
 from semsam_ros.ros.markers import marker_array

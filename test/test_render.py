@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from semsam_ros.inference.palette import segment_color
-from semsam_ros.inference.render import PROMPT_COLOR, mask_contour, render_level_grid, render_overlay
+from semsam_ros.viz.palette import segment_color
+from semsam_ros.viz.render import PROMPT_COLOR, mask_contour, render_level_grid, render_overlay
 from semsam_ros.types import make_segment
 
 

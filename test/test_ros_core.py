@@ -6,6 +6,7 @@ import re
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ pytest.importorskip("rosbags")
 
 from semsam_ros.types import make_segment  # noqa: E402
 from semsam_ros.ros.convert import PromptRequest, make_header, msg_to_segments, stamp_to_ns  # noqa: E402
-from semsam_ros.ros.core import RUNTIME_PARAMS, Hooks, NodeCore, NodeParams  # noqa: E402
+from semsam_ros.ros.params import RUNTIME_PARAMS, NodeParams  # noqa: E402
+from semsam_ros.ros.scheduler import Scheduler  # noqa: E402
 from semsam_ros.ros.images import array_to_image, rgb_to_image  # noqa: E402
 from semsam_ros.ros.typestore import message_types  # noqa: E402
 
@@ -63,6 +65,29 @@ def fake_postprocess(mask_logits, iou_scores, levels, prompt_id, point, params):
     ]
 
 
+def number_segments(rgb, segments):
+    for i, seg in enumerate(segments):
+        seg.id = i
+    return segments
+
+
+@dataclasses.dataclass
+class FakePipeline:
+    """Stands in for ros.pipeline.ModelPipeline: each step a callable (None: a step the test never reaches)."""
+
+    postprocess: Callable = fake_postprocess
+    automatic: Callable | None = None
+    annotate: Callable = number_segments
+    select_text: Callable | None = None
+    measure_3d: Callable | None = None
+    set_vocabulary: Callable | None = None
+    class_names: Callable | None = None
+
+    @property
+    def semantics(self) -> bool:
+        return self.select_text is not None or self.set_vocabulary is not None
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -81,9 +106,9 @@ def logs():
     return []
 
 
-def make_core(types, logs, clock=None, predictor=None, hooks=None, **params):
-    return NodeCore(
-        NodeParams(**params), predictor or FakePredictor(), types, hooks or Hooks(postprocess=fake_postprocess),
+def make_core(types, logs, clock=None, predictor=None, pipeline=None, **params):
+    return Scheduler(
+        NodeParams(**params), predictor or FakePredictor(), types, pipeline or FakePipeline(),
         model_id="tiny-0123456789ab", log=logs.append, clock=clock or Clock(),
     )
 
@@ -242,7 +267,7 @@ def test_text_only_prompt_without_semantics_is_rejected_before_any_work(types, l
     calls = []
     predictor = FakePredictor()
     core = make_core(types, logs, predictor=predictor,
-                     hooks=Hooks(postprocess=fake_postprocess, automatic=fake_automatic(calls)))
+                     pipeline=FakePipeline(automatic=fake_automatic(calls)))
     core.submit_frame(frame(types, SEC))
     core.submit_prompt(PromptRequest(prompt_id=5, text="handle"))
     assert core.step() == []
@@ -263,7 +288,7 @@ def test_requested_levels_reach_the_postprocessing(types, logs):
         seen.append((mask_logits.shape, tuple(levels)))
         return fake_postprocess(mask_logits, iou_scores, levels, *args)
 
-    core = make_core(types, logs, hooks=Hooks(postprocess=spy))
+    core = make_core(types, logs, pipeline=FakePipeline(postprocess=spy))
     core.submit_frame(frame(types, SEC))
     core.submit_prompt(point_prompt(levels=(2, 4)))
     (out,) = core.step()
@@ -336,7 +361,7 @@ def fake_automatic(calls):
 def test_automatic_mode_runs_at_its_rate_without_reencoding(types, logs):
     clock, calls, predictor = Clock(), [], FakePredictor()
     core = make_core(types, logs, clock=clock, predictor=predictor, mode="auto", auto_rate_hz=2.0,
-                     auto_levels=[3, 6], hooks=Hooks(postprocess=fake_postprocess, automatic=fake_automatic(calls)))
+                     auto_levels=[3, 6], pipeline=FakePipeline(automatic=fake_automatic(calls)))
     stamps = []
     for i in range(8):  # 8 Hz camera, 2 Hz automatic mode
         core.submit_frame(frame(types, (i + 1) * SEC // 8))
@@ -349,7 +374,7 @@ def test_automatic_mode_runs_at_its_rate_without_reencoding(types, logs):
 def test_both_mode_merges_prompts_and_automatic_segments(types, logs):
     calls = []
     core = make_core(types, logs, mode="both", auto_levels=[2],
-                     hooks=Hooks(postprocess=fake_postprocess, automatic=fake_automatic(calls)))
+                     pipeline=FakePipeline(automatic=fake_automatic(calls)))
     core.submit_prompt(point_prompt(prompt_id=4, sticky=True, levels=(1,)))
     core.submit_frame(frame(types, SEC))
     (out,) = core.step()
@@ -357,7 +382,7 @@ def test_both_mode_merges_prompts_and_automatic_segments(types, logs):
     assert [s.prompt_id for s in out.message.segments] == [4, -1]
 
 
-# --- text, semantics and 3D hooks -------------------------------------------------------------------------------------
+# --- text, semantics and 3D steps --------------------------------------------------------------------------------------
 
 
 def labelling(rgb, segments):
@@ -386,7 +411,7 @@ def recording(calls):
 def test_text_selects_among_a_prompts_masks(types, logs, top_k, kept):
     calls = []
     core = make_core(types, logs, text_top_k=top_k,
-                     hooks=Hooks(postprocess=fake_postprocess, annotate=labelling, select_text=recording(calls)))
+                     pipeline=FakePipeline(annotate=labelling, select_text=recording(calls)))
     core.submit_frame(frame(types, SEC))
     core.submit_prompt(point_prompt(prompt_id=1, text="handle"))
     core.submit_prompt(point_prompt(prompt_id=2, levels=(1,)))
@@ -398,7 +423,7 @@ def test_text_selects_among_a_prompts_masks(types, logs, top_k, kept):
 
 def test_text_selects_per_point_and_among_boxes(types, logs):
     calls = []
-    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, annotate=labelling,
+    core = make_core(types, logs, pipeline=FakePipeline(annotate=labelling,
                                               select_text=recording(calls)))
     core.submit_frame(frame(types, SEC))
     core.submit_prompt(PromptRequest(prompt_id=3, points=np.array([[2.0, 2.0], [12.0, 9.0]]),
@@ -419,7 +444,7 @@ def test_text_without_semantics_is_ignored_and_logged(types, logs):
 
 def test_text_only_prompt_searches_automatic_masks(types, logs):
     calls = []
-    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, automatic=fake_automatic(calls),
+    core = make_core(types, logs, pipeline=FakePipeline(automatic=fake_automatic(calls),
                                               annotate=labelling, select_text=by_label))
     core.submit_frame(frame(types, SEC))
     core.submit_prompt(PromptRequest(prompt_id=5, text="handle", levels=(3, 4)))
@@ -430,7 +455,7 @@ def test_text_only_prompt_searches_automatic_masks(types, logs):
 def test_text_only_prompt_shares_the_automatic_run(types, logs):
     calls, selections = [], []
     core = make_core(types, logs, mode="both", auto_levels=[3, 4], text_top_k=2,
-                     hooks=Hooks(postprocess=fake_postprocess, automatic=fake_automatic(calls), annotate=labelling,
+                     pipeline=FakePipeline(automatic=fake_automatic(calls), annotate=labelling,
                                  select_text=recording(selections)))
     core.submit_frame(frame(types, SEC))
     core.submit_prompt(PromptRequest(prompt_id=5, text="handle"))
@@ -445,7 +470,7 @@ def test_text_only_prompt_shares_the_automatic_run(types, logs):
 
 
 class FakeVocabulary:
-    """What pipeline.build_hooks does with a labeller, with plain lists."""
+    """What pipeline.ModelPipeline does with a labeller, with plain lists."""
 
     def __init__(self) -> None:
         self.calls = []
@@ -463,8 +488,8 @@ class FakeVocabulary:
 
 
 def vocabulary_core(types, logs, vocab, **params):
-    hooks = Hooks(postprocess=fake_postprocess, set_vocabulary=vocab.set, class_names=vocab.names)
-    return make_core(types, logs, hooks=hooks, semantics=True, **params)
+    pipeline = FakePipeline(set_vocabulary=vocab.set, class_names=vocab.names)
+    return make_core(types, logs, pipeline=pipeline, semantics=True, **params)
 
 
 def test_vocabulary_parameters_apply_at_run_time(types, logs):
@@ -485,7 +510,7 @@ def test_bad_vocabulary_file_changes_nothing(types, logs):
     def refuse(file, objects, parts):
         raise ValueError(f"cannot read the vocabulary {file}")
 
-    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, set_vocabulary=refuse), semantics=True)
+    core = make_core(types, logs, pipeline=FakePipeline(set_vocabulary=refuse), semantics=True)
     with pytest.raises(ValueError, match="cannot read the vocabulary /missing.yaml"):
         core.update_params(dataclasses.replace(core.params, vocabulary="/missing.yaml", score_threshold=0.7))
     assert core.params.vocabulary == "" and core.params.score_threshold == 0.5
@@ -525,7 +550,7 @@ def test_3d_hook_fills_the_message(types, logs):
                                 size=(0.1, 0.2, 0.3), normal=(0, 0, -1), axis=(1, 0, 0), point_count=int(s.area),
                                 valid_ratio=1.0) for s in segments]
 
-    core = make_core(types, logs, hooks=Hooks(postprocess=fake_postprocess, measure_3d=measure))
+    core = make_core(types, logs, pipeline=FakePipeline(measure_3d=measure))
     header = make_header(types, SEC, "cam")
     depth = array_to_image(types, np.full((H, W), 1500, np.uint16), "16UC1", header)
     info = SimpleNamespace(k=[500.0, 0, 8, 0, 500.0, 6, 0, 0, 1])

@@ -1,4 +1,4 @@
-"""The node's real pipeline (tiny random checkpoint, post-processing, part-of links, 3D) through NodeCore,
+"""The node's real pipeline (tiny random checkpoint, post-processing, part-of links, 3D) through the Scheduler,
 checked against the Python API. No ROS needed: messages are rosbags types."""
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ pytest.importorskip("torch")
 from semsam_ros.inference.backends import BackendError  # noqa: E402
 from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt  # noqa: E402
 from semsam_ros.ros.convert import PromptRequest, make_header, msg_to_segments  # noqa: E402
-from semsam_ros.ros.core import NodeCore, NodeParams  # noqa: E402
+from semsam_ros.ros.params import NodeParams  # noqa: E402
+from semsam_ros.ros.scheduler import Scheduler  # noqa: E402
 from semsam_ros.ros.images import array_to_image, rgb_to_image  # noqa: E402
-from semsam_ros.ros.pipeline import build_hooks, load_predictor  # noqa: E402
+from semsam_ros.ros.pipeline import ModelPipeline, load_predictor  # noqa: E402
 from semsam_ros.ros.typestore import message_types  # noqa: E402
 from semsam_ros.testing import make_tiny_checkpoint  # noqa: E402
 
@@ -46,10 +47,10 @@ def test_load_failures_name_the_reason(tmp_path, checkpoint):
 def test_prompt_through_the_node_pipeline_matches_the_python_api(checkpoint):
     params = NodeParams(checkpoint=str(checkpoint), device="cpu", input_size=H, min_region_area=0, score_threshold=-1.0)
     predictor, model_id = load_predictor(params)
-    hooks, labeller = build_hooks(params, "cpu")
-    assert labeller is None and re.fullmatch(r"\w+-[0-9a-f]{12}", model_id)
+    pipeline = ModelPipeline(params, "cpu")
+    assert pipeline.labeller is None and not pipeline.semantics and re.fullmatch(r"\w+-[0-9a-f]{12}", model_id)
     types = message_types()
-    core = NodeCore(params, predictor, types, hooks, model_id=model_id, log=print)
+    core = Scheduler(params, predictor, types, pipeline, model_id=model_id, log=print)
     header = make_header(types, 5_000_000_123, "cam")
     depth = array_to_image(types, np.full((H, W), 1200, np.uint16), "16UC1", header)
     info = SimpleNamespace(k=[100.0, 0, W / 2, 0, 100.0, H / 2, 0, 0, 1], d=[], distortion_model="plumb_bob",
@@ -93,12 +94,12 @@ def semantic_core(checkpoint, tiny_clip):
                         clip_model=str(tiny_clip), vocabulary_parts=["knob"], points_per_side=4, auto_levels=[1, 6],
                         auto_iou_threshold=-100.0, stability_threshold=0.0, score_threshold=-1.0)
     predictor, model_id = load_predictor(params)
-    hooks, labeller = build_hooks(params, "cpu")
-    return NodeCore(params, predictor, message_types(), hooks, model_id=model_id, log=print), labeller
+    pipeline = ModelPipeline(params, "cpu")
+    return Scheduler(params, predictor, message_types(), pipeline, model_id=model_id, log=print), pipeline.labeller
 
 
 def run(core, *prompts):
-    types = core.types
+    types = core.processor.types
     core.submit_frame(rgb_to_image(types, image(), make_header(types, 1, "cam")))
     for prompt in prompts:
         core.submit_prompt(prompt)

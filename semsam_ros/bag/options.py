@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semsam_ros.ros.convert import PromptRequest
-from semsam_ros.ros.core import NodeParams
+from semsam_ros.ros.params import NodeParams
 
 ABSOLUTE_NS = 10**15  # a plain integer time at least this large is nanoseconds since the epoch, not seconds
 

@@ -13,8 +13,9 @@ from typing import Any
 from semsam_ros.bag.options import BagOptions, BagSummary
 from semsam_ros.bag.reader import STORAGES, BagError, open_bag, storage_of
 from semsam_ros.bag.run import BagRun
-from semsam_ros.ros.core import NodeCore
+from semsam_ros.ros.frame_processor import FrameProcessor
 from semsam_ros.ros.msgtypes import MessageTypes
+from semsam_ros.ros.telemetry import Telemetry
 
 BAG_VERSION = 8  # rosbag2 metadata version written (Iron and later read it)
 
@@ -69,7 +70,7 @@ def process_bag(src: str | Path, dst: str | Path, predictor: Any, options: BagOp
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from semsam_ros.ros.pipeline import build_hooks
+    from semsam_ros.ros.pipeline import ModelPipeline
     from semsam_ros.ros.typestore import STORES, make_typestore
 
     src, dst, log = Path(src), Path(dst), log or _stderr
@@ -91,14 +92,15 @@ def process_bag(src: str | Path, dst: str | Path, predictor: Any, options: BagOp
         distro = options.distro or (reader.ros_distro if reader.ros_distro in STORES else "humble")
         typestore = make_typestore(distro)
         types = MessageTypes.from_typestore(typestore)
-        hooks, _ = build_hooks(options.params, str(getattr(predictor, "device", "cpu")), want_points=lambda: True)
+        pipeline = ModelPipeline(options.params, str(getattr(predictor, "device", "cpu")), want_points=lambda: True)
         model_id = getattr(getattr(predictor, "model", None), "model_id", "")
-        core = NodeCore(options.params, predictor, types, hooks, model_id=model_id, log=log)
+        telemetry = Telemetry(log, options.params.error_log_period, time.monotonic)
+        processor = FrameProcessor(options.params, predictor, types, pipeline, telemetry, model_id)
         summary = BagSummary(dst, storage)
-        run = BagRun(reader, src, options, core, typestore, summary, log)
+        run = BagRun(reader, src, options, processor, typestore, summary, log)
         writer = Writer(dst, version=BAG_VERSION, storage_plugin=StoragePlugin[storage.upper()])
         writer.open()
-        writer.set_custom_data("semsam_ros.model_id", core.model_id)
+        writer.set_custom_data("semsam_ros.model_id", model_id)
         try:
             with _interrupts_at_safe_points() as check_interrupt:
                 run.run(writer, check_interrupt)
@@ -107,7 +109,7 @@ def process_bag(src: str | Path, dst: str | Path, predictor: Any, options: BagOp
             raise
         finally:
             writer.close()
-            summary.errors = dict(core.errors.counts)
+            summary.errors = dict(telemetry.errors.counts)
             summary.seconds = time.perf_counter() - began
             if summary.interrupted:
                 log(str(summary))

@@ -9,6 +9,7 @@ import numpy as np
 
 from semsam_ros.bag.reader import BagError
 from semsam_ros.ros.convert import PromptRequest
+from semsam_ros.ros.outputs import OUTPUT_TYPES
 from semsam_ros.text import one_line
 from semsam_ros.types import LEVELS
 
@@ -98,9 +99,10 @@ def parse_topic_map(values: Sequence[str], image_topics: Sequence[str], what: st
 
 
 def output_topics(image_topic: str) -> dict[str, str]:
-    """Default output topic of each kind for an image topic (a trailing /compressed is dropped)."""
+    """Default output topic of each kind (``ros.outputs.OUTPUT_TYPES``) for an image topic (a trailing /compressed
+    is dropped)."""
     base = image_topic.removesuffix("/compressed")
-    return {kind: f"{base}/{kind}" for kind in ("segments", "overlay", "markers", "points")}
+    return {kind: f"{base}/{kind}" for kind in OUTPUT_TYPES}
 
 
 def default_camera_info_topic(image_topic: str) -> str:

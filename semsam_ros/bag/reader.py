@@ -15,9 +15,6 @@ IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 PROMPT = "semsam_ros/msg/Prompt"
-SEGMENT_ARRAY = "semsam_ros/msg/SegmentArray"
-MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
-POINT_CLOUD = "sensor_msgs/msg/PointCloud2"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 STORAGES = ("sqlite3", "mcap")
 

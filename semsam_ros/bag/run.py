@@ -15,12 +15,13 @@ import numpy as np
 from semsam_ros.bag.options import BagOptions, BagSummary
 from semsam_ros.bag.prompts import default_camera_info_topic, output_topics
 from semsam_ros.bag.reader import (
-    CAMERA_INFO, IMAGE, IMAGE_TYPES, MARKER_ARRAY, POINT_CLOUD, PROMPT, SEGMENT_ARRAY, BagError, header_stamp,
+    CAMERA_INFO, IMAGE_TYPES, PROMPT, BagError, header_stamp,
     nearest, read_messages,
 )
 from semsam_ros.ros.convert import PromptRequest, prompt_from_msg, stamp_to_ns
-from semsam_ros.ros.core import Frame, NodeCore, Output, update_sticky
-from semsam_ros.ros.images import rgb_to_image
+from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output
+from semsam_ros.ros.scheduler import update_sticky
+from semsam_ros.ros.outputs import NEEDS_3D, OUTPUT_TYPES, build_outputs
 
 RENDER_QUEUE = 2  # frames whose outputs may be rendering in the background at once
 
@@ -74,11 +75,11 @@ class _Pending:
 class BagRun:
     """One ``process_bag`` call: the index pass when needed, then one pass that copies and processes."""
 
-    def __init__(self, reader: Any, src: Path, options: BagOptions, core: NodeCore, typestore: Any,
+    def __init__(self, reader: Any, src: Path, options: BagOptions, processor: FrameProcessor, typestore: Any,
                  summary: BagSummary, log: Callable[[str], None]) -> None:
-        self.reader, self.src, self.options, self.core, self.typestore = reader, src, options, core, typestore
+        self.reader, self.src, self.options, self.processor, self.typestore = reader, src, options, processor, typestore
         self.summary, self.log = summary, log
-        self.types = core.types
+        self.types = processor.types
         self.start = options.start.resolve(reader.start_time) if options.start else None
         self.stop = options.end.resolve(reader.start_time) if options.end else None
         self.cameras: dict[str, _Camera] = {}
@@ -138,16 +139,16 @@ class BagRun:
             names = output_topics(topic)
             names["segments"] = options.segments_topic or names["segments"]
             names["overlay"] = options.overlay_topic or names["overlay"]
-            kinds = {"segments": SEGMENT_ARRAY}
-            if options.overlay:
-                kinds["overlay"] = IMAGE
+            kinds = ["segments", "label_image"] + (["overlay"] if options.overlay else [])
+            if OUTPUT_TYPES["detections"] in self.typestore.fielddefs:  # vision_msgs: as the node, when known
+                kinds.append("detections")
             depth_topic = options.depth_topics.get(topic)
             info_topic = None
             if depth_topic is not None:
                 require_topic(topics, depth_topic, IMAGE_TYPES, "depth")
                 info_topic = options.camera_info_topics.get(topic, default_camera_info_topic(topic))
                 require_topic(topics, info_topic, (CAMERA_INFO,), "camera_info")
-                kinds.update(markers=MARKER_ARRAY, points=POINT_CLOUD)
+                kinds += NEEDS_3D
             prompt_topic = options.prompt_topics.get(topic)
             if prompt_topic is not None:
                 require_topic(topics, prompt_topic, (PROMPT,), "prompt")
@@ -156,7 +157,7 @@ class BagRun:
                     raise BagError(f"output topic {names[kind]} exists already in the input bag or twice in the "
                                    "output; choose another with --segments-topic/--overlay-topic")
                 taken.add(names[kind])
-            self.cameras[topic] = _Camera(topic, {kind: (names[kind], msgtype) for kind, msgtype in kinds.items()},
+            self.cameras[topic] = _Camera(topic, {kind: (names[kind], OUTPUT_TYPES[kind]) for kind in kinds},
                                           options.prompts.get(topic, []), prompt_topic, depth_topic, info_topic)
             for companion, msgtype in ((depth_topic, topics[depth_topic].msgtype if depth_topic else ""),
                                        (info_topic, CAMERA_INFO)):
@@ -206,7 +207,7 @@ class BagRun:
     def _index(self, cameras: Sequence[_Camera]) -> int:
         """The index pass over ``cameras`` (those with topic prompts or 3D): frame stamps, topic prompts and
         companion stamps; chooses their frames and what each is processed with; returns how many are chosen."""
-        params = self.core.params
+        params = self.processor.params
         prompt_topics = {c.prompt_topic for c in cameras if c.prompt_topic}
         wanted = {c.topic for c in cameras} | prompt_topics | set(self.companions)
         connections = [c for c in self.reader.connections if c.topic in wanted]
@@ -224,7 +225,7 @@ class BagRun:
                 try:
                     prompts[conn.topic].append((time_ns, prompt_from_msg(self.typestore.deserialize_cdr(raw, PROMPT))))
                 except Exception as exc:  # noqa: BLE001  (a bad recorded prompt is skipped and counted)
-                    self.core.errors.report(f"prompt/{type(exc).__name__}", f"{conn.topic}: prompt skipped: {exc}")
+                    self.processor.telemetry.errors.report(f"prompt/{type(exc).__name__}", f"{conn.topic}: prompt skipped: {exc}")
         for camera in cameras:
             stamps, times = np.array(frames[camera.topic][0], dtype=np.int64), frames[camera.topic][1]
             for time_ns, prompt in prompts.get(camera.prompt_topic, []):
@@ -251,14 +252,14 @@ class BagRun:
         if prompt.stamp_ns == 0:
             ordinal = bisect.bisect_right(times, time_ns) - 1
             if ordinal < 0:
-                self.core.errors.report("prompt/PromptError/no_frame",
+                self.processor.telemetry.errors.report("prompt/PromptError/no_frame",
                                         f"prompt {prompt.prompt_id}: no frame on {camera.topic} before it")
                 return None
             return ordinal
         ordinal = nearest(stamps, prompt.stamp_ns, None)
         gap = abs(int(stamps[ordinal]) - prompt.stamp_ns) / 1e9 if ordinal is not None else math.inf
         if gap > max_diff_s:
-            self.core.errors.report(
+            self.processor.telemetry.errors.report(
                 "prompt/PromptError/stamp",
                 f"prompt {prompt.prompt_id}: stamp is {gap:.3f} s from the nearest of the {len(stamps)} frames on "
                 f"{camera.topic} (max_stamp_diff {max_diff_s} s)")
@@ -325,7 +326,7 @@ class BagRun:
         try:
             return self.typestore.deserialize_cdr(raw, companion.msgtype)
         except Exception as exc:  # noqa: BLE001  (a corrupt depth or camera_info message: no 3D for this frame)
-            self.core.errors.report(f"3d/{type(exc).__name__}", f"{topic}: cannot deserialise message: {exc}")
+            self.processor.telemetry.errors.report(f"3d/{type(exc).__name__}", f"{topic}: cannot deserialise message: {exc}")
             return None
 
     def _segment(self, item: _Pending) -> Output | None:
@@ -335,38 +336,25 @@ class BagRun:
         try:
             image = self.typestore.deserialize_cdr(item.raw, item.msgtype)
         except Exception as exc:  # noqa: BLE001  (a corrupt message skips its frame)
-            self.core.errors.report(f"image/{type(exc).__name__}", f"{camera.topic}: cannot deserialise frame: {exc}")
+            self.processor.telemetry.errors.report(f"image/{type(exc).__name__}", f"{camera.topic}: cannot deserialise frame: {exc}")
             return None
         if camera.depth_topic is not None and (item.depth is None or item.info is None):
-            self.core.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
+            self.processor.telemetry.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
                                                    f"{stamp_to_ns(image.header.stamp)} ns")
         try:
-            return self.core.process(Frame(image, stamp_to_ns(image.header.stamp), depth, info), item.prompts,
+            return self.processor.process(Frame(image, stamp_to_ns(image.header.stamp), depth, info), item.prompts,
                                      self.options.auto)
-        except Exception:  # noqa: BLE001  (counted and logged by the core; the frame is skipped)
+        except Exception:  # noqa: BLE001  (counted and logged by the processor; the frame is skipped)
             return None
 
     def _render(self, item: _Pending, output: Output) -> list[tuple[Any, int, bytes]]:
-        """(output connection, bag time, CDR bytes) of every message of a segmented frame."""
-        from semsam_ros.geometry import segments_cloud
-        from semsam_ros.inference.render import render_overlay
-        from semsam_ros.ros.cloud import cloud_message
-        from semsam_ros.ros.markers import marker_array
-
-        outputs, header, types = item.camera.outputs, output.message.header, self.types
-        messages = [("segments", output.message, SEGMENT_ARRAY)]
-        if "overlay" in outputs:
-            points = [xy for p in output.prompts for xy in p.points]
-            boxes = [box for p in output.prompts for box in p.boxes]
-            overlay = render_overlay(output.frame.rgb, output.segments, points=points, boxes=boxes,
-                                     alpha=self.core.params.overlay_alpha)
-            messages.append(("overlay", rgb_to_image(types, overlay, header), IMAGE))
-        if output.results3d is not None:
-            cloud = segments_cloud(output.segments, output.results3d)
-            messages.append(("markers", marker_array(types, header, output.segments, output.results3d), MARKER_ARRAY))
-            messages.append(("points", cloud_message(types, header, cloud), POINT_CLOUD))
-        return [(outputs[kind], item.time_ns, self.typestore.serialize_cdr(message, msgtype))
-                for kind, message, msgtype in messages]
+        """(output connection, bag time, CDR bytes) of every message of a segmented frame: the node's messages
+        (``ros.outputs``) for the outputs this camera writes."""
+        outputs = item.camera.outputs
+        messages = build_outputs(self.types, output, self.processor.params, outputs.__contains__,
+                                 self.processor.pipeline.semantics)
+        return [(outputs[kind], item.time_ns, self.typestore.serialize_cdr(message, OUTPUT_TYPES[kind]))
+                for kind, message in messages.items()]
 
 
 def require_topic(topics: dict[str, Any], topic: str, msgtypes: Sequence[str], what: str) -> None:

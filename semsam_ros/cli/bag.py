@@ -13,7 +13,7 @@ from semsam_ros.bag import (
     STORAGES, BagOptions, BagTime, bag_info, check_paths, load_prompts, parse_topic_map, process_bag,
 )
 from semsam_ros.cli.args import UserError, add_model_arguments, load_predictor, parse_levels
-from semsam_ros.ros.params_file import load_node_params
+from semsam_ros.ros.params import load_node_params
 from semsam_ros.text import one_line
 
 

@@ -79,7 +79,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt
     from semsam_ros.inference.predictor import prompts_to_boxes
-    from semsam_ros.inference.render import render_level_grid, render_overlay
+    from semsam_ros.viz.render import render_level_grid, render_overlay
 
     image = read_image(args.image)
     if not args.point and not args.box:
@@ -185,7 +185,7 @@ def run_auto(args: argparse.Namespace) -> int:
 
     from semsam_ros.inference.amg import AutomaticMaskGenerator
     from semsam_ros.inference.postprocess import rle_to_mask
-    from semsam_ros.inference.render import render_overlay
+    from semsam_ros.viz.render import render_overlay
     from semsam_ros.types import make_segment
 
     image = read_image(args.image)

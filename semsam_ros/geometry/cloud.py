@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from semsam_ros.geometry.mask3d import Mask3D
-from semsam_ros.inference.palette import segment_colors
+from semsam_ros.viz.palette import segment_colors
 
 # sensor_msgs/PointField datatypes
 UINT8 = 2

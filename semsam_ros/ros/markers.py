@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from semsam_ros.geometry.mask3d import Mask3D
-from semsam_ros.inference.palette import segment_color
+from semsam_ros.viz.palette import segment_color
 from semsam_ros.ros.msgtypes import MessageTypes
 
 MARKER = "visualization_msgs/msg/Marker"

@@ -1,4 +1,4 @@
-"""The semsam_ros lifecycle node: ROS topics, services, parameters and diagnostics around ``NodeCore``.
+"""The semsam_ros lifecycle node: ROS topics, services, parameters and diagnostics around a ``Scheduler``.
 
 The only module of the package that imports rclpy (nothing imports it but the node script and launch files).
 Transitions: configure loads the weights and warms up (a checkpoint that does not load fails it with the
@@ -32,24 +32,15 @@ from std_srvs.srv import Trigger
 from tf2_ros import Buffer, TransformException, TransformListener
 from visualization_msgs.msg import MarkerArray
 
-from semsam_ros.geometry import CameraModel, project_point, segments_cloud
-from semsam_ros.inference.render import render_overlay
+from semsam_ros.geometry import CameraModel, project_point
 from semsam_ros.msg import Prompt, SegmentArray
-from semsam_ros.ros.cloud import cloud_message
-from semsam_ros.ros.convert import (
-    PromptRequest,
-    label_array,
-    label_info,
-    prompt_from_msg,
-    segments_to_detections,
-    stamp_to_ns,
-    transform_point,
-)
-from semsam_ros.ros.core import RUNTIME_PARAMS, NodeCore, NodeParams, Output
-from semsam_ros.ros.images import label_image, rgb_to_image
-from semsam_ros.ros.markers import marker_array
+from semsam_ros.ros.convert import PromptRequest, label_info, prompt_from_msg, stamp_to_ns, transform_point
+from semsam_ros.ros.frame_processor import Output
 from semsam_ros.ros.msgtypes import MessageTypes
-from semsam_ros.ros.pipeline import build_hooks, load_predictor
+from semsam_ros.ros.outputs import build_outputs
+from semsam_ros.ros.params import RUNTIME_PARAMS, NodeParams
+from semsam_ros.ros.pipeline import ModelPipeline, load_predictor
+from semsam_ros.ros.scheduler import Scheduler
 from semsam_ros.srv import Segment as SegmentService
 from semsam_ros.srv import SetVocabulary
 
@@ -82,8 +73,7 @@ class SemsamNode(LifecycleNode):
         self._types = MessageTypes.from_rclpy()
         self._inputs = MutuallyExclusiveCallbackGroup()
         self._reentrant = ReentrantCallbackGroup()  # services and clicks wait (on the worker, on TF)
-        self._core: NodeCore | None = None
-        self._labeller: Any = None
+        self._core: Scheduler | None = None
         self._hardware_id = ""
         self._outputs: dict[str, Any] = {}
         self._service_handles: list[Any] = []
@@ -138,12 +128,12 @@ class SemsamNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         try:
             predictor, model_id = load_predictor(params)
-            hooks, self._labeller = build_hooks(params, str(predictor.device), lambda: self._wanted("points"))
+            pipeline = ModelPipeline(params, str(predictor.device), lambda: self._wanted("points"))
         except Exception as exc:  # noqa: BLE001  (any load failure fails the transition with its reason)
-            self.get_logger().error(f"configure failed: cannot load {params.checkpoint!r}: {exc}")
+            self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self._core = NodeCore(params, predictor, self._types, hooks, model_id=model_id,
-                              log=self.get_logger().warning)
+        self._core = Scheduler(params, predictor, self._types, pipeline, model_id=model_id,
+                               log=self.get_logger().warning)
         self._hardware_id = f"{params.backend}/{params.precision} on {predictor.device}"
         self._create_outputs()
         self._tf_buffer = Buffer()
@@ -221,7 +211,7 @@ class SemsamNode(LifecycleNode):
         if self._tf_listener is not None:
             self._tf_listener.unregister()
             self._tf_listener = self._tf_buffer = None
-        self._core = self._labeller = None
+        self._core = None
         gc.collect()
         _free_gpu_memory()
 
@@ -377,30 +367,15 @@ class SemsamNode(LifecycleNode):
         return pub is not None and pub.get_subscription_count() > 0
 
     def _publish(self, out: Output) -> None:
-        params, header, types = self._core.params, out.message.header, self._types
-        self._outputs["segments"].publish(out.message)
-        if self._wanted("overlay"):
-            points = [xy for p in out.prompts for xy in p.points]
-            boxes = [box for p in out.prompts for box in p.boxes]
-            captions = None  # with semantics: the labels instead of the IoU scores
-            if self._labeller is not None:
-                captions = [f"L{s.level} {s.label} {s.label_score:.2f}" for s in out.segments]
-            overlay = render_overlay(out.frame.rgb, out.segments, points=points, boxes=boxes,
-                                     alpha=params.overlay_alpha, captions=captions)
-            self._outputs["overlay"].publish(rgb_to_image(types, overlay, header))
-        if self._wanted("label_image"):
-            labels = label_array(out.segments, out.frame.rgb.shape[:2], params.label_image_level)
-            self._outputs["label_image"].publish(label_image(types, labels, header))
-        if out.results3d is not None and self._wanted("markers"):
-            self._outputs["markers"].publish(marker_array(types, header, out.segments, out.results3d))
-        if out.results3d is not None and self._wanted("points"):
-            self._outputs["points"].publish(cloud_message(types, header, segments_cloud(out.segments, out.results3d)))
-        if self._wanted("detections"):
-            self._outputs["detections"].publish(segments_to_detections(types, out.segments, header, out.results3d))
+        """Every output of ``out`` that exists and has a subscriber (built by ``ros.outputs``, as in the bag)."""
+        core = self._core
+        for name, message in build_outputs(self._types, out, core.params, self._wanted, core.pipeline.semantics).items():
+            self._outputs[name].publish(message)
 
     def _publish_label_info(self) -> None:
         names = self._core.class_names()
-        threshold = self._labeller.min_score if self._labeller is not None else 0.0
+        labeller = self._core.pipeline.labeller
+        threshold = labeller.min_score if labeller is not None else 0.0
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._outputs["label_info"].publish(label_info(self._types, header, names, threshold))
 

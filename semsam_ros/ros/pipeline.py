@@ -1,7 +1,8 @@
-"""The model side of the node, without ROS: load and warm up the predictor, and the ``Hooks`` NodeCore runs.
+"""The model side of the node, without ROS: load and warm up the predictor, and the ``Pipeline`` the frame
+processor runs (post-processing, automatic mode, part-of links and labels, text selection, 3D).
 
 Everything heavy (torch, the model, the automatic generator, semantics, geometry) is imported here, lazily, so
-``semsam_ros.ros.core`` stays testable with fakes and the bag tools can build the same pipeline as the node.
+``semsam_ros.ros.frame_processor`` stays testable with fakes and the bag tools run the same pipeline as the node.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from semsam_ros.inference import options
-from semsam_ros.ros.core import Hooks, NodeParams
+from semsam_ros.ros.params import NodeParams
+from semsam_ros.types import Segment, Segment3D
 
 WARMUP_SHAPE = (480, 640, 3)
 
@@ -22,11 +24,18 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
     camera's own size on its first frame, or loaded from the engine cache when ``semsam build-engine`` prebuilt
     them, so a robot never compiles at launch.
     """
+    from semsam_ros.checkpoint import CheckpointError
+
     if not params.checkpoint:
         raise ValueError("no checkpoint given (parameter 'checkpoint')")
-    predictor, model_id = options.load_predictor(options.ModelOptions(
-        params.checkpoint, params.model_config or None, params.device, params.input_size, params.backend,
-        params.precision))
+    try:
+        predictor, model_id = options.load_predictor(options.ModelOptions(
+            params.checkpoint, params.model_config or None, params.device, params.input_size, params.backend,
+            params.precision))
+    except (CheckpointError, OSError) as exc:
+        raise ValueError(f"cannot load {params.checkpoint!r}: {exc}") from exc
+    except ValueError as exc:  # the device or the size does not fit this model or machine
+        raise ValueError(f"{exc} (parameters device, input_size)") from exc
     if params.backend == "eager":
         blank = np.zeros(WARMUP_SHAPE, dtype=np.uint8)
         predictor.set_embedding(predictor.encode(blank))
@@ -34,75 +43,77 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
     return predictor, model_id
 
 
-def _postprocess(mask_logits: np.ndarray, iou_scores: np.ndarray, levels: tuple[int, ...], prompt_id: int,
-                 point: tuple[float, float] | None, params: NodeParams) -> list:
-    from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt
+class ModelPipeline:
+    """The node's ``Pipeline``: the real post-processing, automatic generator, hierarchy, labeller and 3D.
 
-    thresholds = PostprocessParams(
-        iou_threshold=params.score_threshold, dedupe_iou=params.dedupe_iou, hole_area=params.min_region_area,
-        island_area=params.min_region_area, keep_best_when_none=False,
-    )
-    return postprocess_prompt(mask_logits, iou_scores, thresholds, prompt_id=prompt_id, point=point, levels=levels)
-
-
-def _automatic(predictor: Any, rgb: np.ndarray, levels: tuple[int, ...], params: NodeParams) -> list:
-    from semsam_ros.inference.amg import AutomaticMaskGenerator
-
-    generator = AutomaticMaskGenerator(
-        predictor, points_per_side=params.points_per_side, levels=levels,
-        pred_iou_thresh=params.auto_iou_threshold, stability_score_thresh=params.stability_threshold,
-        box_nms_thresh=params.nms_iou, min_mask_region_area=params.min_region_area,
-    )
-    return generator.generate_segments(rgb)
-
-
-def build_hooks(params: NodeParams, device: str, want_points: Callable[[], bool] = lambda: False) -> tuple[Hooks, Any]:
-    """(Hooks, labeller or None): post-processing, automatic mode, part-of links (and labels with semantics), 3D.
-
-    ``want_points`` tells, per frame, whether the 3D step must keep each mask's points (for ~/points). With
-    semantics, the vocabulary comes from the parameters ``vocabulary``, ``vocabulary_objects`` and
-    ``vocabulary_parts`` and can be replaced at run time (``Hooks.set_vocabulary``); text embeddings are computed
-    once per vocabulary (cached by content).
+    With ``params.semantics`` a CLIP ``labeller`` names every mask; its vocabulary comes from the parameters
+    ``vocabulary``, ``vocabulary_objects`` and ``vocabulary_parts`` and can be replaced at run time; text
+    embeddings are computed once per vocabulary (cached by content). ``want_points`` tells, per frame, whether the
+    3D step must also return each mask's points (for ~/points).
     """
-    from semsam_ros.geometry import CameraModel, segments_to_3d
-    from semsam_ros.semantics import build_hierarchy, select, vocabulary_from
 
-    labeller = None
-    if params.semantics:
-        from semsam_ros.semantics import RegionLabeller
-        from semsam_ros.types import DEFAULT_CLIP_MODEL
+    def __init__(self, params: NodeParams, device: str, want_points: Callable[[], bool] = lambda: False) -> None:
+        self.labeller: Any = None
+        self._want_points = want_points
+        if params.semantics:
+            from semsam_ros.semantics import RegionLabeller, vocabulary_from
+            from semsam_ros.types import DEFAULT_CLIP_MODEL
 
-        vocabulary = vocabulary_from(params.vocabulary, params.vocabulary_objects, params.vocabulary_parts)
-        labeller = RegionLabeller(params.clip_model or DEFAULT_CLIP_MODEL, vocabulary=vocabulary, device=device)
+            vocabulary = vocabulary_from(params.vocabulary, params.vocabulary_objects, params.vocabulary_parts)
+            self.labeller = RegionLabeller(params.clip_model or DEFAULT_CLIP_MODEL, vocabulary=vocabulary,
+                                           device=device)
 
-    def annotate(rgb: np.ndarray, segments: list) -> list:
+    @property
+    def semantics(self) -> bool:
+        return self.labeller is not None
+
+    def postprocess(self, mask_logits: np.ndarray, iou_scores: np.ndarray, levels: Sequence[int], prompt_id: int,
+                    point: tuple[float, float] | None, params: NodeParams) -> list[Segment]:
+        from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt
+
+        thresholds = PostprocessParams(
+            iou_threshold=params.score_threshold, dedupe_iou=params.dedupe_iou, hole_area=params.min_region_area,
+            island_area=params.min_region_area, keep_best_when_none=False,
+        )
+        return postprocess_prompt(mask_logits, iou_scores, thresholds, prompt_id=prompt_id, point=point,
+                                  levels=levels)
+
+    def automatic(self, predictor: Any, rgb: np.ndarray, levels: tuple[int, ...], params: NodeParams
+                  ) -> list[Segment]:
+        from semsam_ros.inference.amg import AutomaticMaskGenerator
+
+        generator = AutomaticMaskGenerator(
+            predictor, points_per_side=params.points_per_side, levels=levels,
+            pred_iou_thresh=params.auto_iou_threshold, stability_score_thresh=params.stability_threshold,
+            box_nms_thresh=params.nms_iou, min_mask_region_area=params.min_region_area,
+        )
+        return generator.generate_segments(rgb)
+
+    def annotate(self, rgb: np.ndarray, segments: list[Segment]) -> list[Segment]:
+        from semsam_ros.semantics import build_hierarchy
+
         ordered = build_hierarchy(segments, order="given")
-        if labeller is not None:
-            labeller.label(rgb, ordered)
+        if self.labeller is not None:
+            self.labeller.label(rgb, ordered)
         return ordered
 
-    def select_text(segments: list, text: str, rgb: np.ndarray, point: tuple[float, float] | None,
-                    top_k: int) -> list:
-        return [chosen.segment for chosen in select(segments, text, labeller, point=point, image=rgb, top_k=top_k)]
+    def select_text(self, segments: list[Segment], text: str, rgb: np.ndarray, point: tuple[float, float] | None,
+                    top_k: int) -> list[Segment]:
+        from semsam_ros.semantics import select
 
-    def set_vocabulary(file: str, objects: Sequence[str], parts: Sequence[str]) -> bool:
-        return labeller.set_vocabulary(vocabulary_from(file, objects, parts))
+        chosen = select(segments, text, self.labeller, point=point, image=rgb, top_k=top_k)
+        return [c.segment for c in chosen]
 
-    def class_names() -> tuple[list[str], list[str]]:
-        return list(labeller.vocabulary.objects), list(labeller.vocabulary.parts)
+    def measure_3d(self, segments: list[Segment], depth_m: np.ndarray, camera_info: Any) -> list[Segment3D]:
+        from semsam_ros.geometry import CameraModel, segments_to_3d
 
-    def measure_3d(segments: list, depth_m: np.ndarray, camera_info: Any) -> list:
         return segments_to_3d(segments, depth_m, CameraModel.from_camera_info(camera_info),
-                              return_points=want_points())
+                              return_points=self._want_points())
 
-    semantics = labeller is not None
-    hooks = Hooks(
-        postprocess=_postprocess,
-        automatic=_automatic,
-        annotate=annotate,
-        select_text=select_text if semantics else None,
-        measure_3d=measure_3d,
-        set_vocabulary=set_vocabulary if semantics else None,
-        class_names=class_names if semantics else None,
-    )
-    return hooks, labeller
+    def set_vocabulary(self, file: str, objects: Sequence[str], parts: Sequence[str]) -> bool:
+        from semsam_ros.semantics import vocabulary_from
+
+        return self.labeller.set_vocabulary(vocabulary_from(file, objects, parts))
+
+    def class_names(self) -> tuple[list[str], list[str]]:
+        return list(self.labeller.vocabulary.objects), list(self.labeller.vocabulary.parts)

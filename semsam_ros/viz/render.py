@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from semsam_ros.types import LEVELS
-from semsam_ros.inference.palette import segment_color
+from semsam_ros.viz.palette import segment_color
 from semsam_ros.types import Segment
 
 PROMPT_COLOR = (255, 32, 32)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from semsam_ros.ros.core import NodeParams
-from semsam_ros.ros.params_file import load_node_params, read_params_file
+from semsam_ros.ros.params import NodeParams
+from semsam_ros.ros.params import load_node_params, read_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,315 @@
+"""One camera frame and its prompts -> one Output: the segmentation, labels, part-of links and 3D of a frame.
+
+``FrameProcessor.process`` is what the node's worker runs for each frame it schedules, and what ``semsam bag``
+runs for each frame it reads: the two give the same SegmentArray for the same frame. The model-specific steps come
+from a ``Pipeline`` (``ros.pipeline.ModelPipeline``; fakes in tests), so this module needs neither torch nor rclpy.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from semsam_ros.ros.convert import PromptRequest, segments_to_msg
+from semsam_ros.ros.images import image_to_depth, image_to_rgb
+from semsam_ros.ros.msgtypes import MessageTypes
+from semsam_ros.ros.params import NodeParams
+from semsam_ros.ros.telemetry import Telemetry
+from semsam_ros.types import LEVELS, Segment, Segment3D
+
+PROMPT_BATCH = 16  # prompts per predictor call (bounds the (N, L, H, W) logits in memory)
+
+
+@dataclass
+class Frame:
+    """One received camera frame; ``rgb`` and ``embedding`` are filled by the worker on first use."""
+
+    image: Any  # sensor_msgs/Image or CompressedImage
+    stamp_ns: int
+    depth: Any | None = None
+    camera_info: Any | None = None
+    rgb: np.ndarray | None = None
+    embedding: Any | None = None
+
+    @property
+    def header(self) -> Any:
+        return self.image.header
+
+
+@dataclass
+class Output:
+    """One published result: the SegmentArray of a frame and what the optional outputs are rendered from."""
+
+    frame: Frame
+    segments: list[Segment]
+    message: Any  # semsam_ros/SegmentArray
+    results3d: list[Segment3D] | None
+    prompts: list[PromptRequest]
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be answered; ``cause`` is "no_frame", "stamp", "outside", "empty",
+    "text_without_semantics" or "cleared"."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Pipeline(Protocol):
+    """The model-specific steps of a frame (``ros.pipeline.ModelPipeline``).
+
+    ``semantics`` tells whether there is a labeller: without one, ``select_text``, ``set_vocabulary`` and
+    ``class_names`` are never called.
+    """
+
+    semantics: bool
+
+    def postprocess(self, mask_logits: np.ndarray, iou_scores: np.ndarray, levels: Sequence[int], prompt_id: int,
+                    point: tuple[float, float] | None, params: NodeParams) -> list[Segment]:
+        """The kept masks of one prompt from its (K, H, W) logits and (K,) scores, K being ``levels``."""
+
+    def automatic(self, predictor: Any, rgb: np.ndarray, levels: tuple[int, ...], params: NodeParams
+                  ) -> list[Segment]:
+        """Every mask of the image; ``predictor`` already holds the frame's embedding (its set_image reuses it)."""
+
+    def annotate(self, rgb: np.ndarray, segments: list[Segment]) -> list[Segment]:
+        """The same segments with unique ids and part-of links (and, with semantics, labels)."""
+
+    def select_text(self, segments: list[Segment], text: str, rgb: np.ndarray, point: tuple[float, float] | None,
+                    top_k: int) -> list[Segment]:
+        """At most ``top_k`` of ``segments`` that best match ``text``, best first (with ``point``: only masks
+        holding that pixel compete)."""
+
+    def measure_3d(self, segments: list[Segment], depth_m: np.ndarray, camera_info: Any) -> list[Segment3D]:
+        """One 3D result per segment."""
+
+    def set_vocabulary(self, file: str, objects: Sequence[str], parts: Sequence[str]) -> bool:
+        """Use the vocabulary of ``file`` ('' the shipped one) with non-empty ``objects``/``parts`` replacing its
+        names; whether it changed. ValueError when it cannot be used."""
+
+    def class_names(self) -> tuple[list[str], list[str]]:
+        """(object names, part names) of the current vocabulary."""
+
+
+class _FramePredictor:
+    """A predictor view whose ``set_image`` reuses the frame's embedding (for the automatic generator)."""
+
+    def __init__(self, predictor: Any, frame: Frame) -> None:
+        self._predictor, self._frame = predictor, frame
+
+    def set_image(self, image: np.ndarray) -> None:
+        if image.shape != self._frame.rgb.shape:
+            raise ValueError("the automatic generator asked for another image than the frame's (crops are not "
+                             "supported by the node)")
+        self._predictor.set_embedding(self._frame.embedding)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+
+class FrameProcessor:
+    """Segments frames with prompts (and automatic runs) and assembles their SegmentArray, counting every failure."""
+
+    def __init__(self, params: NodeParams, predictor: Any, types: MessageTypes, pipeline: Pipeline,
+                 telemetry: Telemetry, model_id: str = "") -> None:
+        self.params, self.predictor, self.types, self.pipeline = params, predictor, types, pipeline
+        self.telemetry, self.model_id = telemetry, model_id
+
+    def process(self, frame: Frame, prompts: Sequence[PromptRequest], auto: bool) -> Output:
+        """Segment ``frame`` at once with ``prompts`` (and everything when ``auto``), outside the frame slot, the
+        buffer and rate control: the offline tools' entry point, doing what ``step`` does for one frame.
+
+        Prompts that do not fit the image are rejected and counted as in ``step``; the others are answered. With
+        none left and no automatic run, the Output has no segments and the encoder does not run. A frame that
+        cannot be decoded or segmented raises, after being counted and logged.
+        """
+        if frame.rgb is None:
+            try:
+                frame.rgb = image_to_rgb(frame.image)
+            except Exception as exc:
+                self.telemetry.report("image", exc)
+                raise
+        height, width = frame.rgb.shape[:2]
+        valid = self._fitting(prompts, height, width)
+        if valid or auto:
+            return self.run(frame, valid, auto, strict=True)
+        message = segments_to_msg(self.types, [], frame.header, (height, width), self.model_id)
+        return Output(frame, [], message, None, [])
+
+    def run(self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool = False) -> Output | None:
+        """``_process`` with every failure counted and logged (re-raised when ``strict``, for service calls).
+
+        None when there is nothing to publish: a failure, or no valid prompt and no automatic run.
+        """
+        start = time.perf_counter()
+        stage = "image"
+        try:
+            if frame.rgb is None:
+                frame.rgb = image_to_rgb(frame.image)
+            stage = "inference"
+            return self._process(frame, prompts, auto, strict, start)
+        except Exception as exc:  # noqa: BLE001  (bad input or a failing model must never kill the node)
+            self.telemetry.report("prompt" if isinstance(exc, PromptError) else stage, exc)
+            if strict:
+                raise
+            return None
+
+    def _check(self, prompt: PromptRequest, height: int, width: int) -> None:
+        """PromptError unless ``prompt`` can be answered on a ``height`` x ``width`` image: it has a point, a box or
+        (with semantics) text; every point is a pixel of the image (0 <= x < width, 0 <= y < height) and every
+        box a non-empty part of it."""
+        if prompt.is_empty and not prompt.text:
+            raise PromptError(f"prompt {prompt.prompt_id}: no point, box or text to segment", "empty")
+        if prompt.is_empty and not self.pipeline.semantics:
+            raise PromptError(
+                f"prompt {prompt.prompt_id}: text {prompt.text!r} without a point or box needs semantics "
+                "(parameter semantics: true); nothing was segmented", "text_without_semantics")
+        pts, bxs = prompt.points, prompt.boxes
+        x, y = pts[:, 0], pts[:, 1]
+        bad_points = ~np.isfinite(pts).all(1) | (x < 0) | (x >= width) | (y < 0) | (y >= height)
+        x0, y0, x1, y1 = bxs.T
+        bad_boxes = ~np.isfinite(bxs).all(1) | (x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height) | (x1 <= x0) | (
+            y1 <= y0)
+        if bad_points.any() or bad_boxes.any():
+            raise PromptError(
+                f"prompt {prompt.prompt_id}: points {pts[bad_points].tolist()} and boxes {bxs[bad_boxes].tolist()} "
+                f"are not inside the {width}x{height} image",
+                "outside",
+            )
+
+    def _fitting(
+        self, prompts: Sequence[PromptRequest], height: int, width: int, strict: bool = False
+    ) -> list[PromptRequest]:
+        """The prompts that fit a ``height`` x ``width`` image; the others are counted and logged (raised when
+        ``strict``)."""
+        valid = []
+        for prompt in prompts:
+            try:
+                self._check(prompt, height, width)
+            except PromptError as exc:
+                if strict:
+                    raise
+                self.telemetry.report("prompt", exc)
+                continue
+            valid.append(prompt)
+        return valid
+
+    def _process(
+        self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool, start: float
+    ) -> Output | None:
+        """Segment ``prompts`` (and everything, when ``auto``) on the decoded ``frame``; ``start``: perf_counter
+        when its work began."""
+        params = self.params
+        height, width = frame.rgb.shape[:2]
+        valid = self._fitting(prompts, height, width, strict=strict)
+        if not valid and not auto:
+            return None
+        encode_ms = 0.0
+        if frame.embedding is None:
+            encode_start = time.perf_counter()
+            frame.embedding = self.predictor.encode(frame.rgb)
+            encode_ms = (time.perf_counter() - encode_start) * 1000.0
+            self.telemetry.counters["frames_encoded"] += 1
+        self.predictor.set_embedding(frame.embedding)
+
+        decode_start = time.perf_counter()
+        owned: list[tuple[PromptRequest, list[Segment]]] = [(p, []) for p in valid]
+        origin: dict[int, int] = {}  # id(segment) -> index of its point in its prompt; -1: from a box
+        items = [(k, "point", xy, j) for k, (p, _) in enumerate(owned) for j, xy in enumerate(p.points)]
+        items += [(k, "box", box, -1) for k, (p, _) in enumerate(owned) for box in p.boxes]
+        for begin in range(0, len(items), PROMPT_BATCH):
+            chunk = items[begin: begin + PROMPT_BATCH]
+            chunk.sort(key=lambda item: item[1] != "point")  # the predictor answers points first, then boxes
+            points = np.array([c[2] for c in chunk if c[1] == "point"]).reshape(-1, 2)
+            boxes = np.array([c[2] for c in chunk if c[1] == "box"]).reshape(-1, 4)
+            pred = self.predictor.predict(points=points, boxes=boxes)
+            for row, (k, kind, coords, j) in enumerate(chunk):
+                prompt, segs = owned[k]
+                levels = prompt.levels or LEVELS
+                cols = slice(None) if tuple(levels) == LEVELS else [level - 1 for level in levels]  # all: a view
+                point = (float(coords[0]), float(coords[1])) if kind == "point" else None
+                new = self.pipeline.postprocess(pred.mask_logits[row][cols], pred.iou_scores[row][cols], levels,
+                                             prompt.prompt_id, point, params)
+                origin.update((id(s), j) for s in new)
+                segs += new
+        runs: dict[tuple[int, ...], list[Segment]] = {}  # automatic masks by levels: AMG runs once per set
+        if auto:
+            runs[tuple(params.auto_levels)] = self._automatic(frame, tuple(params.auto_levels), -1)
+        for prompt, segs in owned:
+            if prompt.is_empty and prompt.text:  # text only: search the automatic masks
+                levels = prompt.levels or tuple(params.auto_levels)
+                if levels not in runs:
+                    runs[levels] = self._automatic(frame, levels, -1)
+                segs += [replace(s, prompt_id=prompt.prompt_id, child_ids=[], top_labels=[]) for s in runs[levels]]
+        automatic = runs.get(tuple(params.auto_levels), []) if auto else []
+        decode_ms = (time.perf_counter() - decode_start) * 1000.0
+
+        post_start = time.perf_counter()
+        segments = [s for _, segs in owned for s in segs] + automatic
+        segments = self.pipeline.annotate(frame.rgb, segments)
+        removed: set[int] = set()
+        for prompt, segs in owned:
+            if prompt.text and not self.pipeline.semantics:
+                self.telemetry.errors.report("prompt/text_without_semantics",
+                                   f"prompt {prompt.prompt_id}: text {prompt.text!r} ignored (semantics is off)")
+            elif prompt.text:
+                keep = self._select(prompt, segs, origin, frame.rgb)
+                removed |= {id(s) for s in segs if id(s) not in keep}
+        segments = [s for s in segments if id(s) not in removed]
+        _drop_dangling_links(segments)
+        results3d = self._measure_3d(frame, segments)
+        message = segments_to_msg(
+            self.types, segments, frame.header, (height, width), self.model_id, results3d,
+            encode_ms=encode_ms, decode_ms=decode_ms,
+            postprocess_ms=(time.perf_counter() - post_start) * 1000.0,
+            total_ms=(time.perf_counter() - start) * 1000.0,
+        )
+        self.telemetry.counters["prompts_answered"] += len(valid)
+        self.telemetry.counters["results"] += 1
+        self.telemetry.rate.add(message.total_ms)
+        return Output(frame, segments, message, results3d, valid)
+
+    def _select(self, prompt: PromptRequest, segs: list[Segment], origin: dict[int, int], rgb: np.ndarray) -> set[int]:
+        """ids (``id()``) of the masks of ``prompt`` its text keeps: the best ``text_top_k`` of each point's masks
+        holding that point, of its boxes' masks, and of the automatic masks of a text-only prompt."""
+        top_k = self.params.text_top_k
+        groups: list[tuple[list[Segment], tuple[float, float] | None]] = []
+        if prompt.is_empty:
+            groups.append((segs, None))
+        for j, (x, y) in enumerate(prompt.points):
+            groups.append(([s for s in segs if origin.get(id(s)) == j], (float(x), float(y))))
+        if len(prompt.boxes):
+            groups.append(([s for s in segs if origin.get(id(s)) == -1], None))
+        keep: set[int] = set()
+        for candidates, point in groups:
+            if candidates:
+                chosen = self.pipeline.select_text(candidates, prompt.text, rgb, point, top_k)
+                keep |= {id(s) for s in chosen[:top_k]}
+        return keep
+
+    def _automatic(self, frame: Frame, levels: Sequence[int], prompt_id: int) -> list[Segment]:
+        segments = self.pipeline.automatic(_FramePredictor(self.predictor, frame), frame.rgb, tuple(levels), self.params)
+        for seg in segments:
+            seg.prompt_id = prompt_id
+        return segments
+
+    def _measure_3d(self, frame: Frame, segments: list[Segment]) -> list[Segment3D] | None:
+        if frame.depth is None or frame.camera_info is None:
+            return None
+        try:
+            return self.pipeline.measure_3d(segments, image_to_depth(frame.depth), frame.camera_info)
+        except ValueError as exc:  # unsupported depth encoding, depth not registered to the image...
+            self.telemetry.report("3d", exc)
+            return None
+
+
+def _drop_dangling_links(segments: list[Segment]) -> None:
+    """Part-of links may only name segments that are still in the list."""
+    ids = {s.id for s in segments}
+    for seg in segments:
+        if seg.parent_id not in ids:
+            seg.parent_id = -1
+        seg.child_ids = [c for c in seg.child_ids if c in ids]

@@ -1,0 +1,304 @@
+"""When the node segments what: the frame slot, the buffer of recent frames, stamps, sticky prompts, service
+requests, automatic-mode timing and run-time parameter changes, around one ``FrameProcessor``.
+
+Threading model: subscription callbacks only call ``submit_frame`` / ``submit_prompt`` / ``request`` (cheap, no
+decoding); one worker thread loops on ``wait_for_work`` + ``step``, which does all decoding and inference. A frame
+goes to the worker through a one-frame slot, so the worker always takes the newest frame and a frame replaced
+before the worker took it is counted as dropped; it is never processed late. Every received frame also enters a
+short buffer; its RGB and image embedding are computed once, on first use, so a stamped prompt is answered on the
+buffered frame nearest its stamp without running the encoder twice for one frame.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from semsam_ros.ros.convert import PromptRequest, stamp_to_ns
+from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output, Pipeline, PromptError
+from semsam_ros.ros.msgtypes import MessageTypes
+from semsam_ros.ros.params import VOCABULARY_PARAMS, NodeParams
+from semsam_ros.ros.telemetry import Telemetry
+
+
+def update_sticky(sticky: dict[int, PromptRequest], prompt: PromptRequest) -> bool:
+    """Apply a topic prompt to the sticky prompts by id; True when it is to be answered.
+
+    A sticky prompt replaces the sticky prompt of the same id; a prompt with no point, box or text removes it (and
+    is not answered); any other prompt leaves them as they are.
+    """
+    empty = prompt.is_empty and not prompt.text
+    if prompt.sticky or empty:
+        sticky.pop(prompt.prompt_id, None)
+    if prompt.sticky and not empty:
+        sticky[prompt.prompt_id] = prompt
+    return not empty
+
+
+@dataclass
+class _Job:
+    prompts: list[PromptRequest]
+    frame: Frame | None = None  # a service request with its own image
+    future: Future | None = None  # a service request waiting for its SegmentArray
+
+
+@dataclass
+class _Work:
+    frame: Frame
+    prompts: list[PromptRequest] = field(default_factory=list)
+    auto: bool = False
+
+
+class Scheduler:
+    """Everything the node does between receiving messages and publishing results (all but ROS itself)."""
+
+    def __init__(
+        self,
+        params: NodeParams,
+        predictor: Any,
+        types: MessageTypes,
+        pipeline: Pipeline,
+        *,
+        model_id: str = "",
+        log: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        reasons = params.validate()
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        self.telemetry = Telemetry(log, params.error_log_period, clock)
+        self.processor = FrameProcessor(params, predictor, types, pipeline, self.telemetry, model_id)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._buffer: deque[Frame] = deque(maxlen=params.buffer_size)
+        self._slot: Frame | None = None
+        self._jobs: list[_Job] = []
+        self._sticky: dict[int, PromptRequest] = {}
+        self._next_auto = float("-inf")
+
+    @property
+    def params(self) -> NodeParams:
+        return self.processor.params
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.processor.pipeline
+
+    @property
+    def model_id(self) -> str:
+        return self.processor.model_id
+
+    @property
+    def errors(self) -> Any:
+        """The ErrorLog (callbacks report what they reject through it)."""
+        return self.telemetry.errors
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.telemetry.counters
+
+    # --- called from subscription callbacks -------------------------------------------------------------------
+
+    def update_params(self, params: NodeParams) -> bool:
+        """Apply new parameter values (ValueError with the reasons when they are invalid, nothing applied then).
+
+        Returns whether the labeller's vocabulary changed (its LabelInfo is then to be republished).
+        """
+        reasons = params.validate()
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        changed = False
+        wanted = tuple(getattr(params, name) for name in VOCABULARY_PARAMS)
+        current = tuple(getattr(self.params, name) for name in VOCABULARY_PARAMS)
+        if self.pipeline.semantics and wanted != current:
+            changed = self.pipeline.set_vocabulary(*wanted)
+        with self._lock:
+            if params.auto_rate_hz != self.params.auto_rate_hz or params.mode != self.params.mode:
+                self._next_auto = float("-inf")
+            self.processor.params = params
+            self.errors.period_s = params.error_log_period
+        return changed
+
+    def vocabulary_update(self, objects: Sequence[str], parts: Sequence[str]) -> NodeParams:
+        """The parameters after a set_vocabulary request: a non-empty list replaces the current object (part)
+        names, an empty one keeps them. ValueError when semantics is off or a name is empty."""
+        if not self.pipeline.semantics:
+            raise ValueError("semantics is off: set the parameter semantics to true (and configure again)")
+        params = replace(
+            self.params,
+            vocabulary_objects=list(objects) if len(objects) else list(self.params.vocabulary_objects),
+            vocabulary_parts=list(parts) if len(parts) else list(self.params.vocabulary_parts),
+        )
+        reasons = params.validate()
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        return params
+
+    def set_vocabulary(self, objects: Sequence[str], parts: Sequence[str]) -> tuple[bool, str]:
+        """A set_vocabulary request without ROS parameters (the node goes through its parameters instead):
+        (changed, a one-line summary). ValueError when it cannot be applied."""
+        changed = self.update_params(self.vocabulary_update(objects, parts))
+        return changed, self.vocabulary_summary(changed)
+
+    def vocabulary_names(self) -> tuple[list[str], list[str]]:
+        """(object names, part names) of the labeller's vocabulary; empty lists without semantics."""
+        return ([], []) if not self.pipeline.semantics else self.pipeline.class_names()
+
+    def class_names(self) -> list[str]:
+        """"unknown", then the object and part names of the labeller's vocabulary (LabelInfo class ids 0..N-1)."""
+        objects, parts = self.vocabulary_names()
+        return ["unknown", *objects, *parts]
+
+    def vocabulary_summary(self, changed: bool) -> str:
+        """One line for the service reply and the log."""
+        if not self.pipeline.semantics:
+            return "no vocabulary (semantics is off)"
+        objects, parts = self.vocabulary_names()
+        state = "changed" if changed else "unchanged"
+        return f"vocabulary {state}: {len(objects)} objects, {len(parts)} parts"
+
+    def submit_frame(self, image: Any, depth: Any | None = None, camera_info: Any | None = None) -> None:
+        """A new camera frame (messages as received; decoded later by the worker)."""
+        frame = Frame(image, stamp_to_ns(image.header.stamp), depth, camera_info)
+        with self._lock:
+            self.counters["frames_received"] += 1
+            self._buffer.append(frame)
+            if self._sticky or self._auto_due():
+                if self._slot is not None:
+                    self.counters["frames_dropped"] += 1
+                self._slot = frame
+                self._wake.notify()
+
+    def submit_prompt(self, prompt: PromptRequest) -> None:
+        """A Prompt from the topic: answered once on the frame nearest its stamp; sticky ones on every new frame.
+
+        A sticky prompt replaces the sticky prompt of the same id; a prompt with no point, box or text removes it.
+        """
+        with self._lock:
+            self.counters["prompts_received"] += 1
+            if update_sticky(self._sticky, prompt):
+                self._jobs.append(_Job([prompt]))
+                self._wake.notify()
+
+    def request(self, prompt: PromptRequest, image: Any | None = None) -> Future:
+        """A service request: a Future of its SegmentArray (ValueError in it when it cannot be answered)."""
+        future: Future = Future()
+        frame = None if image is None else Frame(image, stamp_to_ns(image.header.stamp))
+        with self._lock:
+            self.counters["prompts_received"] += 1
+            self._jobs.append(_Job([replace(prompt, sticky=False)], frame, future))
+            self._wake.notify()
+        return future
+
+    def clear_prompts(self) -> int:
+        """Forget sticky and pending topic prompts; returns how many sticky prompts there were."""
+        with self._lock:
+            count = len(self._sticky)
+            self._sticky.clear()
+            for job in self._jobs:
+                if job.future is not None:
+                    job.future.set_exception(PromptError("prompts cleared before this request was served", "cleared"))
+            self._jobs.clear()
+            return count
+
+    def sticky_prompts(self) -> list[PromptRequest]:
+        with self._lock:
+            return list(self._sticky.values())
+
+    def release(self) -> None:
+        """Drop buffered frames and their embeddings (deactivate frees GPU memory this way)."""
+        with self._lock:
+            self._buffer.clear()
+            self._slot = None
+
+    # --- the worker ---------------------------------------------------------------------------------------------
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until a frame or prompt is waiting (True) or ``timeout`` seconds pass (False)."""
+        with self._wake:
+            return self._wake.wait_for(lambda: self._slot is not None or bool(self._jobs), timeout)
+
+    def step(self) -> list[Output]:
+        """Do all waiting work: answer queued prompts, then the newest frame's sticky prompts and automatic run."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+            frame, self._slot = self._slot, None
+            sticky = list(self._sticky.values())
+        work: dict[int, _Work] = {}  # by id(frame): one SegmentArray per frame
+        for job in jobs:
+            if job.future is not None:
+                self._serve(job)
+                continue
+            for prompt in job.prompts:
+                try:
+                    target = self._match(prompt)
+                except PromptError as exc:
+                    self.telemetry.report("prompt", exc)
+                    continue
+                work.setdefault(id(target), _Work(target)).prompts.append(prompt)
+        if frame is not None:
+            item = work.setdefault(id(frame), _Work(frame))
+            item.prompts.extend(p for p in sticky if all(p is not q for q in item.prompts))
+            with self._lock:
+                item.auto = self._auto_due()
+                if item.auto:
+                    self._next_auto = self._clock() + 1.0 / self.params.auto_rate_hz
+        outputs = []
+        for item in work.values():
+            output = self.processor.run(item.frame, item.prompts, item.auto)
+            if output is not None:
+                outputs.append(output)
+        return outputs
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, errors per cause, output rate and latency, buffer and sticky prompts, for diagnostics."""
+        with self._lock:
+            buffered, sticky = len(self._buffer), len(self._sticky)
+        return self.telemetry.stats(buffered_frames=buffered, sticky_prompts=sticky)
+
+    def diagnostics(self) -> tuple[int, str, dict[str, str]]:
+        """(level 0 OK / 1 WARN, summary, key-values) for /diagnostics; WARN when errors happened since the last
+        call."""
+        with self._lock:
+            buffered, sticky = len(self._buffer), len(self._sticky)
+        return self.telemetry.diagnostics(self.model_id, buffered_frames=buffered, sticky_prompts=sticky)
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def _auto_due(self) -> bool:
+        return self.params.mode in ("auto", "both") and self._clock() >= self._next_auto
+
+    def _match(self, prompt: PromptRequest) -> Frame:
+        """The buffered frame nearest the prompt's stamp (the newest one for a zero stamp)."""
+        with self._lock:
+            frames = list(self._buffer)
+        if not frames:
+            raise PromptError(f"prompt {prompt.prompt_id}: no camera frame received yet", "no_frame")
+        if prompt.stamp_ns == 0:
+            return frames[-1]
+        best = min(frames, key=lambda f: abs(f.stamp_ns - prompt.stamp_ns))
+        gap = abs(best.stamp_ns - prompt.stamp_ns) / 1e9
+        if gap > self.params.max_stamp_diff:
+            raise PromptError(
+                f"prompt {prompt.prompt_id}: stamp is {gap:.3f} s from the nearest of the {len(frames)} buffered "
+                f"frames (max_stamp_diff {self.params.max_stamp_diff} s)",
+                "stamp",
+            )
+        return best
+
+    def _serve(self, job: _Job) -> None:
+        try:
+            frame = job.frame or self._match(job.prompts[0])
+        except PromptError as exc:
+            self.telemetry.report("prompt", exc)
+            job.future.set_exception(exc)
+            return
+        try:
+            job.future.set_result(self.processor.run(frame, job.prompts, auto=False, strict=True).message)
+        except Exception as exc:  # noqa: BLE001  (already reported; the caller gets it through the future)
+            job.future.set_exception(exc)
+
