@@ -146,7 +146,7 @@ def load_predictor(args: argparse.Namespace) -> Any:
         raise UserError(f"--input-size must be at least 32, got {args.input_size}")
     try:
         model = load_model(args.checkpoint, args.config)
-        return Predictor(model, device=device, input_size=args.input_size, backend=args.backend,
+        return Predictor(model, device=device, short_side=args.input_size, backend=args.backend,
                          precision=args.precision)
     except (CheckpointError, BackendError, ValueError) as exc:
         raise UserError(str(exc)) from None

@@ -32,7 +32,7 @@ def tiny_model(tiny_checkpoint: Path):
 
 @pytest.fixture()
 def tiny_predictor(tiny_model) -> Predictor:
-    return Predictor(tiny_model, input_size=64)
+    return Predictor(tiny_model, short_side=96)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ MANIFEST_PARAMS = {"swinT": (52_980_543, "swint", 648), "swinL": (222_799_161, "
 
 
 def _outputs(model, image):
-    predictor = Predictor(model, input_size=64)
+    predictor = Predictor(model, short_side=96)
     predictor.set_image(image)
     return predictor.predict(points=[[20, 30]], boxes=[[5, 5, 60, 40]])
 

@@ -31,8 +31,8 @@ from semsam_ros.ros.msgtypes import MessageTypes  # noqa: E402
 from semsam_ros.srv import Segment as SegmentService  # noqa: E402
 from semsam_ros.srv import SetVocabulary  # noqa: E402
 
-H, W = 48, 64
-INPUT_SIZE = 48  # the image is used as is (short side == input_size)
+H, W = 96, 128
+INPUT_SIZE = 96  # the image is used as is (short side == input_size)
 POINT = (30.0, 20.0)
 PROMPT_ID = 7
 TIMEOUT_S = 90.0
@@ -118,7 +118,7 @@ class TestSemsamNode(unittest.TestCase):
         import semsam_ros
         from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt
 
-        predictor = semsam_ros.Predictor(semsam_ros.load_model(CHECKPOINT), device="cpu", input_size=INPUT_SIZE)
+        predictor = semsam_ros.Predictor(semsam_ros.load_model(CHECKPOINT), device="cpu", short_side=INPUT_SIZE)
         predictor.set_image(make_image())
         pred = predictor.predict(points=np.array([POINT]))
         params = PostprocessParams(iou_threshold=0.5, dedupe_iou=0.95, hole_area=0, island_area=0)

@@ -35,7 +35,7 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
     if not params.checkpoint:
         raise ValueError("no checkpoint given (parameter 'checkpoint')")
     model = semsam_ros.load_model(params.checkpoint, config=params.model_config or None)
-    predictor = semsam_ros.Predictor(model, device=resolve_device(params.device), input_size=params.input_size,
+    predictor = semsam_ros.Predictor(model, device=resolve_device(params.device), short_side=params.input_size,
                                      backend=params.backend, precision=params.precision)
     if params.backend == "eager":
         blank = np.zeros(WARMUP_SHAPE, dtype=np.uint8)
