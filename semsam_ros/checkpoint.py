@@ -284,8 +284,7 @@ def load_model(
         cfg = cfg or _named(infer_config(official))
         model = SemanticSam(cfg)
         model.load_state_dict(map_official_state_dict(official, model, path))
-    model.weights_sha256 = sha256_file(path)
-    model.model_id = f"{cfg.name}-{model.weights_sha256[:12]}"
+    model.set_weights_source(sha256_file(path))
     return model.to(device).eval()
 
 

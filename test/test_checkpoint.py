@@ -1,6 +1,7 @@
 """Checkpoint loading: every official layout, strict key accounting, manifests, safetensors, safety."""
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def test_every_layout_loads_the_same_weights(tmp_path, layout, test_image):
     for name, tensor in reference.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
     np.testing.assert_array_equal(_outputs(model, test_image).mask_logits, _outputs(reference, test_image).mask_logits)
-    assert model.weights_sha256 and model.model_id.endswith(model.weights_sha256[:12])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (model.weights_sha256, model.model_id) == (digest, f"{model.config.name}-{digest[:12]}")
+    assert (reference.weights_sha256, reference.model_id) == ("", "tiny")  # random weights: no file
 
 
 def _release_state(model) -> dict:
