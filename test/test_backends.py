@@ -3,7 +3,6 @@ logic (through a stand-in compiler that needs no GPU). GPU and Torch-TensorRT te
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -217,11 +216,7 @@ def test_compile_backend_matches_eager(tiny_model):
     assert report.mean_iou == 1.0 and report.score_diff.max() < 1e-5
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("SEMSAM_SLOW_TESTS"),
-    reason="Inductor code generation takes minutes on a small CPU (set SEMSAM_SLOW_TESTS=1 to run)",
-)
+@pytest.mark.slow  # Inductor code generation takes minutes on a small CPU
 def test_compile_backend_with_inductor_matches_eager(tiny_model):
     backend = CompileBackend(tiny_model, CPU, buckets=(1, 8, 64))
     report = evaluate(EagerBackend(tiny_model, CPU), backend, tiny_model.preprocess, SHAPE, CPU)

@@ -15,11 +15,13 @@ from semsam_ros.checkpoint import (
     checkpoint_info,
     convert_checkpoint,
     count_parameters,
+    infer_config,
     load_model,
     to_official_state_dict,
 )
 from semsam_ros.config import ModelConfig
 from semsam_ros.inference.predictor import Predictor
+from semsam_ros.model.semantic_sam import SemanticSam
 from semsam_ros.testing import make_tiny_checkpoint, random_model, tiny_config
 
 MANIFEST_PARAMS = {"swinT": (52_980_543, "swint", 648), "swinL": (222_799_161, "swinl", 816)}
@@ -172,6 +174,21 @@ def _manifest_state(tsv: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("variant", ["swinT", "swinL"])
+def test_official_manifest_sizes_give_the_preset(reference_dir, variant):
+    """Names and shapes only, on the meta device: the config read from the manifest builds the preset's model."""
+    params, preset, entries = MANIFEST_PARAMS[variant]
+    tsv = reference_dir / f"semantic_sam_{variant}_state_dict.tsv"
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+    shapes = {key.removeprefix("model."): [int(d) for d in shape.split("x")] for key, shape, *_ in rows}
+    assert len(shapes) == entries
+    with torch.device("meta"):
+        config = infer_config({key: torch.empty(dims) for key, dims in shapes.items()})
+        assert config == ModelConfig.preset(preset)
+        assert count_parameters(SemanticSam(config)) == params
+
+
+@pytest.mark.slow  # full-size random weights written and loaded (about a minute)
+@pytest.mark.parametrize("variant", ["swinT", "swinL"])
 def test_official_manifest_loads_strictly(tmp_path, reference_dir, variant):
     tsv = reference_dir / f"semantic_sam_{variant}_state_dict.tsv"
     params, preset, entries = MANIFEST_PARAMS[variant]
@@ -199,8 +216,6 @@ def test_manifest_keys_equal_our_official_export(reference_dir):
         tsv = reference_dir / f"semantic_sam_{variant}_state_dict.tsv"
         manifest = {line.split("\t")[0]: line.split("\t")[1] for line in tsv.read_text().splitlines()[1:]}
         with torch.device("meta"):
-            from semsam_ros.model.semantic_sam import SemanticSam
-
             model = SemanticSam(ModelConfig.preset(preset))
         exported = to_official_state_dict(model)
         assert set(exported) == set(manifest)
