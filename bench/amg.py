@@ -99,7 +99,7 @@ def main() -> None:
         "stability_score_thresh": stability, "runs": [],
     }
     for n in args.points_per_side:
-        timed = TimedPredictor(semsam_ros.Predictor(model, device=args.device, input_size=args.input_size))
+        timed = TimedPredictor(semsam_ros.Predictor(model, device=args.device, short_side=args.input_size))
         generator = AutomaticMaskGenerator(timed, points_per_side=n, points_per_batch=args.points_per_batch,
                                            pred_iou_thresh=iou_thresh, stability_score_thresh=stability)
         start = time.perf_counter()

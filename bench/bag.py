@@ -118,7 +118,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or make_tiny_checkpoint(Path(tmp) / "tiny.pth")
         model = semsam_ros.load_model(checkpoint)
-        predictor = semsam_ros.Predictor(model, device=args.device, input_size=args.input_size)
+        predictor = semsam_ros.Predictor(model, device=args.device, short_side=args.input_size)
         predictor.set_image(synthetic_frame(0, height, width))  # warm-up outside the timed run
         predictor.predict(points=[[width / 2, height / 2]])
         src = Path(tmp) / "in"

@@ -276,8 +276,7 @@ def load_model(
         cfg = cfg or _named(infer_config(official))
         model = SemanticSam(cfg)
         model.load_state_dict(map_official_state_dict(official, model, path))
-    model.weights_sha256 = file_sha256(path)
-    model.model_id = f"{cfg.name}-{model.weights_sha256[:12]}"
+    model.set_weights_source(file_sha256(path))
     return model.to(device).eval()
 
 

@@ -65,11 +65,6 @@ class ModelConfig:
             if self.hidden_dim % heads:
                 raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by {what} {heads}")
 
-    @property
-    def stage_channels(self) -> tuple[int, ...]:
-        """Channels of res2..res5."""
-        return tuple(self.embed_dim * 2**i for i in range(4))
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -13,6 +13,19 @@ from semsam_ros.testing import make_tiny_checkpoint
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
@@ -32,7 +45,7 @@ def tiny_model(tiny_checkpoint: Path):
 
 @pytest.fixture()
 def tiny_predictor(tiny_model) -> Predictor:
-    return Predictor(tiny_model, input_size=64)
+    return Predictor(tiny_model, short_side=96)
 
 
 @pytest.fixture(scope="session")

@@ -253,7 +253,7 @@ def test_rejects_bad_images() -> None:
 @pytest.fixture(scope="module")
 def tiny_predictor(tmp_path_factory: pytest.TempPathFactory) -> semsam_ros.Predictor:
     path = make_tiny_checkpoint(Path(tmp_path_factory.mktemp("amg")) / "tiny.pth")
-    return semsam_ros.Predictor(semsam_ros.load_model(path), input_size=64)
+    return semsam_ros.Predictor(semsam_ros.load_model(path), short_side=96)
 
 
 def noise_image() -> np.ndarray:

@@ -3,7 +3,6 @@ logic (through a stand-in for torch_tensorrt that needs no GPU). GPU and Torch-T
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from semsam_ros.inference.backends import (
 from semsam_ros.inference.predictor import Predictor
 from trt_fakes import FakeCompiler
 
-SHAPE = (64, 96)
+SHAPE = (96, 128)
 CPU = torch.device("cpu")
 HAS_CUDA = torch.cuda.is_available()
 try:
@@ -93,7 +92,7 @@ def test_bucket_padding_gives_the_unpadded_results(tiny_model, features, count):
     with torch.no_grad():
         expected_logits, expected_ious = tiny_model.prompt_decoder(boxes, pb, mask_features, values)
         logits, ious = bucketed.prompt_decoder(boxes, pb, mask_features, values)
-    assert logits.shape == (count, 6, 16, 24) and logits.dtype == torch.float32
+    assert logits.shape == (count, 6, 24, 32) and logits.dtype == torch.float32
     assert (logits - expected_logits).abs().max() <= 1e-5 * expected_logits.abs().max()
     torch.testing.assert_close(ious, expected_ious, rtol=0, atol=1e-5)
 
@@ -181,7 +180,7 @@ def test_tensorrt_unavailable_is_a_clear_error(tiny_model, monkeypatch):
     assert "Torch-TensorRT needs a CUDA device, got cpu" in message
     assert "torch_tensorrt cannot be imported" in message and "docs/deployment.md" in message
     with pytest.raises(BackendError, match="torch_tensorrt cannot be imported"):
-        Predictor(tiny_model, input_size=64, backend="tensorrt", precision="fp16")
+        Predictor(tiny_model, short_side=96, backend="tensorrt", precision="fp16")
     with pytest.raises(BackendError, match="torch_tensorrt cannot be imported"):
         backends.TorchTensorRTCompiler()
 
@@ -197,12 +196,12 @@ def test_tensorrt_unavailable_falls_back_to_eager_when_asked(tiny_model, monkeyp
 
 
 def test_predictor_with_a_low_precision_backend(tiny_model, test_image):
-    predictor = Predictor(tiny_model, input_size=64, backend="eager", precision="bf16")
+    predictor = Predictor(tiny_model, short_side=96, backend="eager", precision="bf16")
     assert predictor.backend.describe()["precision"] == "bf16"
     predictor.set_image(test_image)
     pred = predictor.predict(points=[[20, 20], [50, 24]])
     assert pred.mask_logits.shape == (2, 6, 48, 80) and pred.mask_logits.dtype == np.float32
-    reference = Predictor(tiny_model, input_size=64)
+    reference = Predictor(tiny_model, short_side=96)
     reference.set_image(test_image)
     expected = reference.predict(points=[[20, 20], [50, 24]])
     assert (pred.masks == expected.masks).mean() > 0.98
@@ -218,11 +217,7 @@ def test_compile_backend_matches_eager(tiny_model):
     assert report.mean_iou == 1.0 and report.score_diff.max() < 1e-5
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("SEMSAM_SLOW_TESTS"),
-    reason="Inductor code generation takes minutes on a small CPU (set SEMSAM_SLOW_TESTS=1 to run)",
-)
+@pytest.mark.slow  # Inductor code generation takes minutes on a small CPU
 def test_compile_backend_with_inductor_matches_eager(tiny_model):
     backend = CompileBackend(tiny_model, CPU, buckets=(1, 8, 64))
     report = evaluate(EagerBackend(tiny_model, CPU), backend, tiny_model.preprocess, SHAPE, CPU)
@@ -320,7 +315,7 @@ def test_engine_key_covers_weights_code_and_environment(tiny_model, built_cache)
         "Fake GPU",
         "8.7",
     )
-    assert (key["part"], key["bucket"], key["input_shape"], key["precision"]) == ("decoder", 4, [64, 96], "fp32")
+    assert (key["part"], key["bucket"], key["input_shape"], key["precision"]) == ("decoder", 4, [96, 128], "fp32")
     # a model built in memory (no checkpoint file) is keyed by a digest of its state dict
     torch.manual_seed(0)
     a = nn.Linear(2, 2)
@@ -359,7 +354,7 @@ def test_corrupt_entry_is_rebuilt_with_a_warning(tiny_model, built_cache, tmp_pa
     path.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
         backend.prepare(SHAPE)
-    assert "does not match its manifest" in caplog.text and "decoder-64x96-b4-fp32.pt2" in caplog.text
+    assert "does not match its manifest" in caplog.text and "decoder-96x128-b4-fp32.pt2" in caplog.text
     assert compiler.trt.compiled == [4]
     assert [r["source"] for r in backend.records] == ["cache", "cache", "built"]
     again = FakeCompiler()
@@ -370,7 +365,7 @@ def test_corrupt_entry_is_rebuilt_with_a_warning(tiny_model, built_cache, tmp_pa
 def test_no_build_at_launch_when_forbidden(tiny_model, tmp_path):
     backend = _trt(tiny_model, tmp_path, FakeCompiler(), allow_build=False)
     with pytest.raises(
-        BackendError, match=r"allow_build=False; prebuild with: semsam build-engine .* --input-size 64x96"
+        BackendError, match=r"allow_build=False; prebuild with: semsam build-engine .* --input-size 96x128"
     ):
         backend.prepare(SHAPE)
 
@@ -379,7 +374,7 @@ def test_inaccurate_engines_are_refused_and_never_cached(tiny_model, built_cache
     root = _copy(built_cache, tmp_path)
     backend = _trt(tiny_model, root, FakeCompiler(negate=True))
     backend.cache.manifest_path(backend.key(SHAPE, 4)).unlink()  # one engine to build: the guard checks all
-    with pytest.raises(AccuracyError, match="TensorRT fp32 engines for 64x96: mean mask IoU"):
+    with pytest.raises(AccuracyError, match="TensorRT fp32 engines for 96x128: mean mask IoU"):
         backend.prepare(SHAPE)
     assert not backend.cache.engine_path(backend.key(SHAPE, 4)).exists()
     assert backend.cache.manifest(backend.key(SHAPE, 1)) is not None  # valid entries stay
@@ -400,11 +395,11 @@ def test_predictor_on_cached_engines(tiny_model, built_cache, test_image):
     """Predictor -> TensorRT backend -> exported programs reloaded from their .pt2 files, against eager (inference
     mode, bucketing, upsampling)."""
     backend = _trt(tiny_model, built_cache[0], FakeCompiler(), allow_build=False)
-    predictor = Predictor(tiny_model, input_size=64, backend=backend)
-    with pytest.raises(BackendError, match="64x128"):  # 48x80 -> 64x106 -> padded 64x128: never built
+    predictor = Predictor(tiny_model, short_side=96, backend=backend)
+    with pytest.raises(BackendError, match="96x160"):  # 48x80 -> 96x160: never built
         predictor.prepare((48, 80))
-    image = np.ascontiguousarray(np.resize(test_image, (64, 96, 3)))
-    predictor.set_image(image)  # 64x96: prebuilt
+    image = np.ascontiguousarray(np.resize(test_image, (96, 128, 3)))
+    predictor.set_image(image)  # 96x128: prebuilt
     assert [r["source"] for r in backend.records] == ["cache"] * 3
     for part, engine in backend._engines[SHAPE].items():
         path = backend.cache.engine_path(backend.key(SHAPE, part))
@@ -414,7 +409,7 @@ def test_predictor_on_cached_engines(tiny_model, built_cache, test_image):
         assert not weights & {t.data_ptr() for t in (*engine.parameters(), *engine.buffers())}
     points, boxes = [[10, 12], [50, 30]], [[30, 10, 70, 40]]
     pred = predictor.predict(points=points, boxes=boxes)  # 3 prompts: the 4-prompt engine
-    reference = Predictor(tiny_model, input_size=64)
+    reference = Predictor(tiny_model, short_side=96)
     reference.set_image(image)
     expected = reference.predict(points=points, boxes=boxes)
     np.testing.assert_allclose(pred.mask_logits, expected.mask_logits, rtol=1e-4, atol=1e-4)

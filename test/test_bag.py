@@ -42,7 +42,7 @@ from semsam_ros.ros.telemetry import Telemetry  # noqa: E402
 from semsam_ros.ros.typestore import make_typestore  # noqa: E402
 
 IMAGE, COMPRESSED = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
-H, W = 64, 80  # short side = input_size: the model sees the frames unresized
+H, W = 96, 120  # short side = --input-size: the model sees the frames unresized
 SEC, T0 = 1_000_000_000, 1_700_000_000 * 1_000_000_000
 CAM, CAM2 = "/cam/image_raw", "/cam2/image/compressed"
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def one_torch_thread() -> Any:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model) -> Predictor:
-    return Predictor(tiny_model, input_size=64)
+    return Predictor(tiny_model, short_side=96)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -202,7 +202,7 @@ PROMPTS_YAML = f"""
   - id: 7
     points: [[60, 50], [12, 55]]
   - id: 9
-    points: [[500, 10]]      # outside the 80x64 frames: rejected on every frame
+    points: [[500, 10]]      # outside the 120x96 frames: rejected on every frame
 {CAM2}:
   - boxes: [[0, 0, 40, 32]]
 """
@@ -233,7 +233,7 @@ def test_cli_yaml_prompts_every_frame_matches_python_api(mixed_bag, tiny_checkpo
     prompts.write_text(PROMPTS_YAML)
     out = tmp_path / "out"
     status, stdout, err = run_cli(capsys, "bag", mixed_bag, "--out", out, "--image-topic", CAM, "--image-topic",
-                                  CAM2, "--prompts", prompts, "--checkpoint", tiny_checkpoint, "--input-size", 64,
+                                  CAM2, "--prompts", prompts, "--checkpoint", tiny_checkpoint, "--input-size", 96,
                                   "-q")
     assert status == 0, err
     assert "segmented 9 of 11 frame(s) read (2 skipped)" in stdout
@@ -309,7 +309,7 @@ def test_auto_mode_window_and_compressed_topic(tmp_path, tiny_checkpoint, predic
                                   "1,3", "--set", "points_per_side=3", "--set", "auto_iou_threshold=-100",
                                   "--set", "stability_threshold=0", "--start", "1", "--end", f"{T0 + 3 * SEC}ns",
                                   "--segments-topic", "/seg", "--no-overlay", "--checkpoint", tiny_checkpoint,
-                                  "--input-size", 64, "-q")
+                                  "--input-size", 96, "-q")
     assert status == 0, err
     dst = read_bag(out / "out.mcap")
     assert set(dst) == {CAM2, "/seg", "/cam2/image/label_image"}  # --no-overlay: no overlay
@@ -357,7 +357,7 @@ def test_cli_interrupt_exit_status(mixed_bag, tiny_checkpoint, tmp_path, monkeyp
 
     monkeypatch.setattr(FrameProcessor, "process", interrupted)
     status, _, err = run_cli(capsys, "bag", mixed_bag, "--out", tmp_path / "out", "--image-topic", CAM, "--auto",
-                             "--checkpoint", tiny_checkpoint, "--input-size", 64, "-q")
+                             "--checkpoint", tiny_checkpoint, "--input-size", 96, "-q")
     assert status == 130 and "interrupted: segmented 0 of 1 frame(s)" in err and "semsam: interrupted" in err
     assert read_bag(tmp_path / "out")[f"{CAM}/segments"] == []
 
@@ -530,7 +530,7 @@ def test_bag_info(mixed_bag, capsys):
     assert status == 0
     lines = stdout.splitlines()
     assert lines[0].startswith(f"{mixed_bag}: sqlite3, 12 message(s)")
-    assert any(line.split()[:3] == [CAM, IMAGE, "8"] and "10.00 Hz, 80x64 rgb8" in line for line in lines)
+    assert any(line.split()[:3] == [CAM, IMAGE, "8"] and "10.00 Hz, 120x96 rgb8" in line for line in lines)
     assert any(line.split()[:3] == [CAM2, COMPRESSED, "3"] and "rgb8; jpeg compressed bgr8" in line for line in lines)
     status, stdout, _ = run_cli(capsys, "bag-info", mixed_bag, "--json")
     info = json.loads(stdout)

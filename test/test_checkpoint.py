@@ -1,6 +1,7 @@
 """Checkpoint loading: every official layout, strict key accounting, manifests, safetensors, safety."""
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -14,18 +15,20 @@ from semsam_ros.checkpoint import (
     checkpoint_info,
     convert_checkpoint,
     count_parameters,
+    infer_config,
     load_model,
     to_official_state_dict,
 )
 from semsam_ros.config import ModelConfig
 from semsam_ros.inference.predictor import Predictor
+from semsam_ros.model.semantic_sam import SemanticSam
 from semsam_ros.testing import make_tiny_checkpoint, random_model, tiny_config
 
 MANIFEST_PARAMS = {"swinT": (52_980_543, "swint", 648), "swinL": (222_799_161, "swinl", 816)}
 
 
 def _outputs(model, image):
-    predictor = Predictor(model, input_size=64)
+    predictor = Predictor(model, short_side=96)
     predictor.set_image(image)
     return predictor.predict(points=[[20, 30]], boxes=[[5, 5, 60, 40]])
 
@@ -39,7 +42,9 @@ def test_every_layout_loads_the_same_weights(tmp_path, layout, test_image):
     for name, tensor in reference.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
     np.testing.assert_array_equal(_outputs(model, test_image).mask_logits, _outputs(reference, test_image).mask_logits)
-    assert model.weights_sha256 and model.model_id.endswith(model.weights_sha256[:12])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (model.weights_sha256, model.model_id) == (digest, f"{model.config.name}-{digest[:12]}")
+    assert (reference.weights_sha256, reference.model_id) == ("", "tiny")  # random weights: no file
 
 
 def _release_state(model) -> dict:
@@ -169,6 +174,21 @@ def _manifest_state(tsv: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("variant", ["swinT", "swinL"])
+def test_official_manifest_sizes_give_the_preset(reference_dir, variant):
+    """Names and shapes only, on the meta device: the config read from the manifest builds the preset's model."""
+    params, preset, entries = MANIFEST_PARAMS[variant]
+    tsv = reference_dir / f"semantic_sam_{variant}_state_dict.tsv"
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+    shapes = {key.removeprefix("model."): [int(d) for d in shape.split("x")] for key, shape, *_ in rows}
+    assert len(shapes) == entries
+    with torch.device("meta"):
+        config = infer_config({key: torch.empty(dims) for key, dims in shapes.items()})
+        assert config == ModelConfig.preset(preset)
+        assert count_parameters(SemanticSam(config)) == params
+
+
+@pytest.mark.slow  # full-size random weights written and loaded (about a minute)
+@pytest.mark.parametrize("variant", ["swinT", "swinL"])
 def test_official_manifest_loads_strictly(tmp_path, reference_dir, variant):
     tsv = reference_dir / f"semantic_sam_{variant}_state_dict.tsv"
     params, preset, entries = MANIFEST_PARAMS[variant]
@@ -196,8 +216,6 @@ def test_manifest_keys_equal_our_official_export(reference_dir):
         tsv = reference_dir / f"semantic_sam_{variant}_state_dict.tsv"
         manifest = {line.split("\t")[0]: line.split("\t")[1] for line in tsv.read_text().splitlines()[1:]}
         with torch.device("meta"):
-            from semsam_ros.model.semantic_sam import SemanticSam
-
             model = SemanticSam(ModelConfig.preset(preset))
         exported = to_official_state_dict(model)
         assert set(exported) == set(manifest)

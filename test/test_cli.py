@@ -58,7 +58,7 @@ def test_segment_writes_overlays_masks_and_summary(files: dict[str, Path], tmp_p
     out = tmp_path / "seg"
     status, stdout, err = run(capsys, "segment", files["image"], "--point", "30,20", "--point", "80.5,60",
                               "--box", "5,5,60,40", "--levels", "1,3,6", "--checkpoint", files["ckpt"],
-                              "--input-size", "64", "--iou-threshold", "-1", "--out", out, "-q")
+                              "--input-size", "96", "--iou-threshold", "-1", "--out", out, "-q")
     assert status == 0 and "3 prompt(s)" in stdout and err == ""
     summary = json.loads((out / "summary.json").read_text())
     assert summary["image_size"] == [72, 96] and summary["levels"] == [1, 3, 6]
@@ -68,7 +68,7 @@ def test_segment_writes_overlays_masks_and_summary(files: dict[str, Path], tmp_p
     assert [p.get("point") for p in summary["prompts"]] == [[30.0, 20.0], [80.5, 60.0], None]
     assert summary["prompts"][2]["box"] == [5.0, 5.0, 60.0, 40.0]
     # the same prompts through the Python API
-    predictor = semsam_ros.Predictor(semsam_ros.load_model(files["ckpt"]), input_size=64)
+    predictor = semsam_ros.Predictor(semsam_ros.load_model(files["ckpt"]), short_side=96)
     predictor.set_image(np.asarray(Image.open(files["image"]).convert("RGB")))
     pred = predictor.predict(points=[[30, 20], [80.5, 60]], boxes=[[5, 5, 60, 40]])
     for i, prompt in enumerate(summary["prompts"]):
@@ -90,7 +90,7 @@ def test_auto_writes_coco_json_and_overlay(files: dict[str, Path], tmp_path: Pat
                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "auto"
     status, stdout, _ = run(capsys, "auto", files["image"], "--checkpoint", files["ckpt"], "--out", out,
-                            "--input-size", "64", "--points-per-side", "4", "--levels", "2,5",
+                            "--input-size", "96", "--points-per-side", "4", "--levels", "2,5",
                             "--pred-iou-thresh", "-1", "--stability-score-thresh", "0", "-q")
     assert status == 0
     coco = json.loads((out / "masks.json").read_text())
@@ -156,7 +156,7 @@ def test_user_mistakes_are_one_line_errors(files: dict[str, Path], tmp_path: Pat
         argv += ["--checkpoint", str(files["ckpt"])]
     if argv[0] in ("segment", "auto"):
         argv += ["-q"] + ([] if "--out" in argv else ["--out", str(tmp_path / "out")])
-        argv += [] if "--input-size" in argv else ["--input-size", "64"]
+        argv += [] if "--input-size" in argv else ["--input-size", "96"]
     got, stdout, err = run(capsys, *argv)
     assert got == status and stdout == ""
     assert err.startswith("semsam: error: ") and err.count("\n") == 1 and message in err, err
@@ -215,7 +215,7 @@ def test_segment_with_labels_and_text(files: dict[str, Path], clip: Path, tmp_pa
     out = tmp_path / "text"
     status, stdout, err = run(capsys, "segment", files["image"], "--point", "55,45", "--box", "5,5,60,40",
                               "--text", "mug handle", "--text-top-k", "2", "--parts", "handle,lid",
-                              "--clip-model", clip, "--checkpoint", files["ckpt"], "--input-size", "64",
+                              "--clip-model", clip, "--checkpoint", files["ckpt"], "--input-size", "128",
                               "--iou-threshold", "-1", "--out", out, "-q")
     assert status == 0 and err == "", err
     summary = json.loads((out / "summary.json").read_text())
@@ -248,7 +248,7 @@ def test_segment_with_labels_only(files: dict[str, Path], clip: Path, tmp_path: 
                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "labels"
     status, _, err = run(capsys, "segment", files["image"], "--point", "30,20", "--labels", "--clip-model", clip,
-                         "--levels", "2,5", "--checkpoint", files["ckpt"], "--input-size", "64",
+                         "--levels", "2,5", "--checkpoint", files["ckpt"], "--input-size", "96",
                          "--iou-threshold", "-1", "--out", out, "-q")
     assert status == 0 and err == "", err
     summary = json.loads((out / "summary.json").read_text())
@@ -261,7 +261,7 @@ def test_auto_with_labels_and_text(files: dict[str, Path], clip: Path, tmp_path:
                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "auto_text"
     status, stdout, err = run(capsys, "auto", files["image"], "--labels", "--text", "lid", "--clip-model", clip,
-                              "--checkpoint", files["ckpt"], "--out", out, "--input-size", "64",
+                              "--checkpoint", files["ckpt"], "--out", out, "--input-size", "96",
                               "--points-per-side", "3", "--levels", "2,5", "--pred-iou-thresh", "-1",
                               "--stability-score-thresh", "0", "-q")
     assert status == 0 and err == "", err
@@ -280,7 +280,7 @@ def test_auto_with_labels_and_text(files: dict[str, Path], clip: Path, tmp_path:
 def test_semantics_mistakes_are_one_line_errors(files: dict[str, Path], clip: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    base = ["--checkpoint", files["ckpt"], "--input-size", "64", "--out", tmp_path / "out", "-q"]
+    base = ["--checkpoint", files["ckpt"], "--input-size", "96", "--out", tmp_path / "out", "-q"]
     cases = [
         (["segment", files["image"], "--point", "1,1", "--text", "the", "--clip-model", clip], 1,
          "--text 'the' names nothing to select"),

@@ -36,8 +36,8 @@ from semsam_ros.srv import Segment as SegmentService  # noqa: E402
 from semsam_ros.srv import SetVocabulary  # noqa: E402
 
 NODE = "/semsam"  # the node's name: its topics and services are /semsam/<name> (docs/ros.md)
-H, W = 64, 96
-SHORT_SIDE = 64  # the image is used as is (its short side equals the node's input_size)
+H, W = 96, 128
+SHORT_SIDE = 96  # the image is used as is (its short side equals the node's input_size)
 SCORE_THRESHOLD = -1.0  # the tiny random model's IoU scores lie near 0: keep every mask
 POINT = (30.0, 20.0)
 TIMEOUT_S = 90.0
@@ -77,7 +77,7 @@ def python_api_segments(image: np.ndarray, prompt_id: int) -> list:
     import semsam_ros
     from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt
 
-    predictor = semsam_ros.Predictor(semsam_ros.load_model(CHECKPOINT), device="cpu", input_size=SHORT_SIDE)
+    predictor = semsam_ros.Predictor(semsam_ros.load_model(CHECKPOINT), device="cpu", short_side=SHORT_SIDE)
     predictor.set_image(image)
     pred = predictor.predict(points=np.array([POINT]))
     params = PostprocessParams(iou_threshold=SCORE_THRESHOLD, hole_area=0, island_area=0, keep_best_when_none=False)

@@ -76,7 +76,7 @@ def test_decoder_stages(debug, case):
 @pytest.fixture(scope="module")
 def predictor(debug):
     model, z = debug
-    predictor = Predictor(model, input_size=256)
+    predictor = Predictor(model, short_side=256)
     predictor.set_image(z["coffee256__image_hwc_uint8"])
     return predictor
 

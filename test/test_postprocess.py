@@ -259,16 +259,17 @@ def brute_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]
     return keep
 
 
-def test_box_nms_matches_brute_force() -> None:
-    rng = np.random.default_rng(1)
-    for n in (1, 7, 60):
-        xy = rng.integers(0, 50, (n, 2))
-        wh = rng.integers(0, 30, (n, 2))
-        boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
-        scores = rng.random(n).astype(np.float32)
-        for thresh in (0.3, 0.7):
-            got = box_nms(torch.from_numpy(boxes), torch.from_numpy(scores), thresh).tolist()
-            assert got == brute_nms(boxes, scores, thresh)
+@pytest.mark.parametrize("n", [1, 7, 60, 300])
+@pytest.mark.parametrize("tied", [False, True])
+def test_box_nms_matches_brute_force(n: int, tied: bool) -> None:
+    rng = np.random.default_rng(n)
+    xy = rng.uniform(0, 50, (n, 2)) if n > 100 else rng.integers(0, 50, (n, 2))
+    wh = rng.integers(0, 30, (n, 2))  # zero widths and heights included
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores = (rng.integers(0, 3, n) if tied else rng.random(n)).astype(np.float32)  # tied: many equal scores
+    for thresh in (0.0, 0.3, 0.7):
+        got = box_nms(torch.from_numpy(boxes), torch.from_numpy(scores), thresh).tolist()
+        assert got == brute_nms(boxes, scores, thresh)
 
 
 def test_box_nms_strict_threshold_and_stable_ties() -> None:

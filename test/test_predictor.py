@@ -1,12 +1,16 @@
 """Predictor: the public API contract, resizing rules and clear errors for bad input."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import semsam_ros
-from semsam_ros.inference.predictor import Predictor, prompts_to_boxes, resized_shape
+from semsam_ros.config import ModelConfig
+from semsam_ros.inference.predictor import Predictor, min_short_side, prompts_to_boxes, resized_shape
+from semsam_ros.testing import random_model, tiny_config
 
 
 @pytest.mark.parametrize(
@@ -21,7 +25,7 @@ def test_resize_rule_truncates_the_long_side(wh, expected_wh):
 
 def test_public_api(tiny_checkpoint, test_image):
     model = semsam_ros.load_model(tiny_checkpoint)
-    predictor = semsam_ros.Predictor(model, device="cpu", input_size=64)
+    predictor = semsam_ros.Predictor(model, device="cpu", short_side=96)
     predictor.set_image(test_image)
     pred = predictor.predict(points=np.array([[10.0, 12.0], [50, 24]]), boxes=np.array([[30, 10, 70, 40]]))
     assert pred.mask_logits.shape == (3, 6, 48, 80) and pred.mask_logits.dtype == np.float32
@@ -29,6 +33,20 @@ def test_public_api(tiny_checkpoint, test_image):
     assert pred.masks.dtype == bool and np.array_equal(pred.masks, pred.mask_logits > 0)
     assert pred.levels == (1, 2, 3, 4, 5, 6)
     assert predictor.image_size == (48, 80)
+
+
+def test_input_size_is_a_deprecated_alias_of_short_side(tiny_model, test_image):
+    with pytest.warns(DeprecationWarning, match="short_side"):
+        old = Predictor(tiny_model, input_size=80)
+    with pytest.warns(DeprecationWarning, match="short_side"):
+        assert old.input_size == 80
+    assert old.short_side == 80
+    emb = old.encode(test_image)
+    with pytest.warns(DeprecationWarning, match="resized_size"):
+        assert emb.input_size == emb.resized_size == (80, 133)
+    with pytest.raises(TypeError, match="not both"):
+        Predictor(tiny_model, short_side=80, input_size=80)
+    assert Predictor(tiny_model).short_side == 640
 
 
 def test_order_points_then_boxes_and_independence(tiny_predictor, test_image):
@@ -48,18 +66,18 @@ def test_prompt_encoding_matches_the_official_convention():
     assert rel.dtype == np.float32
 
 
-def test_image_resized_for_the_model_and_masks_returned_at_input_size(tiny_model, test_image):
-    big = np.repeat(np.repeat(test_image, 2, axis=0), 2, axis=1)  # 96x160, short side != input_size
-    predictor = Predictor(tiny_model, input_size=64)
+def test_image_resized_for_the_model_and_masks_returned_at_the_size_given(tiny_model, test_image):
+    big = np.repeat(np.repeat(test_image, 2, axis=0), 2, axis=1)  # 96x160, short side != short_side
+    predictor = Predictor(tiny_model, short_side=80)
     emb = predictor.encode(big)
-    assert emb.input_size == (64, 106) and emb.padded_size == (64, 128) and emb.original_size == (96, 160)
+    assert emb.original_size == (96, 160) and emb.resized_size == (80, 133) and emb.padded_size == (96, 160)
     predictor.set_embedding(emb)
     pred = predictor.predict(points=[[100, 50]])
     assert pred.mask_logits.shape == (1, 6, 96, 160)
 
 
 def test_set_embedding_reuses_the_encoder_output(tiny_model, test_image):
-    predictor = Predictor(tiny_model, input_size=64)
+    predictor = Predictor(tiny_model, short_side=96)
     emb = predictor.encode(test_image)
     predictor.set_image(np.zeros_like(test_image))
     predictor.set_embedding(emb)
@@ -69,14 +87,93 @@ def test_set_embedding_reuses_the_encoder_output(tiny_model, test_image):
     np.testing.assert_array_equal(reused.mask_logits, fresh.mask_logits)
 
 
-def test_upsample_is_bilinear_then_crop(tiny_predictor, test_image):
-    tiny_predictor.set_image(test_image)  # 48x80 -> resized 64x106, padded 64x128
-    lowres, _ = tiny_predictor.predict_lowres(points=[[5, 5]])
-    emb = tiny_predictor.embedding
-    full = torch.nn.functional.interpolate(lowres, size=emb.padded_size, mode="bilinear", align_corners=False)
-    crop = full[..., :64, :106]
+def test_upsample_is_bilinear_then_crop(tiny_model, test_image):
+    predictor = Predictor(tiny_model, short_side=80)
+    predictor.set_image(test_image)  # 48x80 -> resized 80x133, padded 96x160
+    lowres, _ = predictor.predict_lowres(points=[[5, 5]])
+    assert lowres.shape == (1, 6, 24, 40)
+    full = torch.nn.functional.interpolate(lowres, size=(96, 160), mode="bilinear", align_corners=False)
+    crop = full[..., :80, :133]
     expected = torch.nn.functional.interpolate(crop, size=(48, 80), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(tiny_predictor.upsample_logits(lowres), expected)
+    torch.testing.assert_close(predictor.upsample_logits(lowres), expected)
+
+
+def test_levels_select_columns_in_the_order_given(tiny_predictor, test_image, monkeypatch):
+    tiny_predictor.set_image(test_image)
+    prompts = {"points": [[10, 12], [60, 30]], "boxes": [[30, 10, 70, 40]]}
+    every = tiny_predictor.predict(**prompts)
+    lowres_every, _ = tiny_predictor.predict_lowres(**prompts)
+    upsampled = []
+    upsample = tiny_predictor.upsample_logits
+    monkeypatch.setattr(tiny_predictor, "upsample_logits", lambda x: upsampled.append(x.shape) or upsample(x))
+    for levels in [(4,), (5, 2), (6, 1, 3)]:
+        columns = [level - 1 for level in levels]
+        pred = tiny_predictor.predict(**prompts, levels=levels)
+        assert pred.levels == levels and upsampled[-1] == (3, len(levels), 24, 40)
+        np.testing.assert_array_equal(pred.mask_logits, every.mask_logits[:, columns])
+        np.testing.assert_array_equal(pred.iou_scores, every.iou_scores[:, columns])
+        lowres, ious = tiny_predictor.predict_lowres(**prompts, levels=levels)
+        torch.testing.assert_close(lowres, lowres_every[:, columns], rtol=0, atol=0)
+        np.testing.assert_array_equal(ious.numpy(), pred.iou_scores)
+    assert tiny_predictor.predict(levels=[3]).mask_logits.shape == (0, 1, 48, 80)
+
+
+@pytest.mark.parametrize("levels", [(), (0,), (7,), (2, 2), (1, 2, 3, 4, 5, 6, 1)])
+def test_bad_levels(tiny_predictor, test_image, levels):
+    tiny_predictor.set_image(test_image)
+    with pytest.raises(ValueError, match="levels must be distinct values of"):
+        tiny_predictor.predict(points=[[5, 5]], levels=levels)
+
+
+def test_bgr_images_are_flipped_to_rgb(tiny_predictor, test_image):
+    tiny_predictor.set_image(test_image)
+    rgb = tiny_predictor.predict(points=[[50, 24]])
+    tiny_predictor.set_image(test_image[..., ::-1], image_format="BGR")
+    np.testing.assert_array_equal(tiny_predictor.predict(points=[[50, 24]]).mask_logits, rgb.mask_logits)
+    tiny_predictor.set_image(test_image[..., ::-1].copy())
+    assert not np.array_equal(tiny_predictor.predict(points=[[50, 24]]).mask_logits, rgb.mask_logits)
+    with pytest.raises(ValueError, match="image_format"):
+        tiny_predictor.encode(test_image, image_format="GRAY")
+
+
+def test_reset_image_forgets_the_embedding(tiny_predictor, test_image):
+    tiny_predictor.set_image(test_image)
+    tiny_predictor.reset_image()
+    assert tiny_predictor.embedding is None
+    with pytest.raises(RuntimeError, match="no image set"):
+        tiny_predictor.predict(points=[[5, 5]])
+
+
+def test_point_labels_must_all_be_foreground(tiny_predictor, test_image):
+    tiny_predictor.set_image(test_image)
+    points = [[10, 12], [60, 30]]
+    labelled = tiny_predictor.predict(points=points, point_labels=[1, 1])
+    np.testing.assert_array_equal(labelled.mask_logits, tiny_predictor.predict(points=points).mask_logits)
+    with pytest.raises(ValueError, match="no negative or multi-click prompts"):
+        tiny_predictor.predict(points=points, point_labels=[1, 0])
+    with pytest.raises(ValueError, match="2 entries for 1 points"):
+        tiny_predictor.predict(points=points[:1], point_labels=[1, 1])
+
+
+def test_smallest_short_side_is_computed_from_the_config(tiny_model):
+    assert min_short_side(tiny_model.config) == 65  # one channel per GroupNorm group: the stride-64 map needs 2x2
+    assert min_short_side(ModelConfig.preset("swint")) == min_short_side(ModelConfig.preset("swinl")) == 32
+    with pytest.raises(ValueError, match="short_side=64 .* smallest usable value is 65"):
+        Predictor(tiny_model, short_side=64)
+    predictor = Predictor(tiny_model, short_side=65)
+    predictor.set_image(np.zeros((65, 65, 3), np.uint8))  # the boundary runs...
+    predictor.short_side = 64
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # ...and one below it does not
+        predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_short_side_below_32_is_rejected_for_any_model():
+    config = dataclasses.replace(tiny_config(), conv_dim=64, mask_dim=64, hidden_dim=64)
+    assert min_short_side(config) == 32
+    model = random_model(config)
+    with pytest.raises(ValueError, match="short_side=31 .* smallest usable value is 32"):
+        Predictor(model, short_side=31)
+    Predictor(model, short_side=32).set_image(np.zeros((32, 32, 3), np.uint8))
 
 
 def test_no_prompts_gives_empty_results(tiny_predictor, test_image):

@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from semsam_ros.inference.predictor import Predictor
 
-MIN_SHORT_SIDE = 32
-
 
 @dataclass(frozen=True)
 class ModelOptions:
@@ -44,12 +42,12 @@ def load_predictor(options: ModelOptions) -> tuple[Predictor, str]:
     """(Predictor, model id) for ``options``. ValueError for a bad device or size, CheckpointError for unusable
     weights, BackendError when the backend cannot run here."""
     from semsam_ros.checkpoint import load_model
-    from semsam_ros.inference.predictor import Predictor
+    from semsam_ros.inference.predictor import MIN_SHORT_SIDE, Predictor
 
     device = resolve_device(options.device)
-    if options.short_side < MIN_SHORT_SIDE:
+    if options.short_side < MIN_SHORT_SIDE:  # before the (slow) load; the model's own minimum is checked after
         raise ValueError(f"the input size (short side) must be at least {MIN_SHORT_SIDE}, got {options.short_side}")
     model = load_model(options.checkpoint, options.config)
-    predictor = Predictor(model, device=device, input_size=options.short_side, backend=options.backend,
+    predictor = Predictor(model, device=device, short_side=options.short_side, backend=options.backend,
                           precision=options.precision, cache_dir=options.cache_dir)
     return predictor, model.model_id

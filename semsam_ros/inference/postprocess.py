@@ -181,25 +181,25 @@ def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> tor
 
     Boxes are XYXY, compared in float32 with areas (x1 - x0) * (y1 - y0); a box is suppressed when its IoU
     with a kept box is strictly greater than ``iou_thresh`` (compared in float64; a NaN IoU of two zero-area boxes
-    suppresses nothing). Equal scores keep their input order.
+    suppresses nothing). Equal scores keep their input order. The pairwise IoU matrix is computed once (N x N
+    memory); only the greedy pass over its rows is sequential.
     """
     b = boxes.detach().to("cpu", torch.float32).numpy()
     order = np.argsort(-scores.detach().to("cpu", torch.float64).numpy(), kind="stable")
     x0, y0, x1, y1 = (b[order, i] for i in range(4))
     areas = (x1 - x0) * (y1 - y0)
+    zero = np.float32(0)
+    w = np.maximum(zero, np.minimum(x1[:, None], x1) - np.maximum(x0[:, None], x0))
+    h = np.maximum(zero, np.minimum(y1[:, None], y1) - np.maximum(y0[:, None], y0))
+    inter = w * h
+    with np.errstate(invalid="ignore", divide="ignore"):
+        overlaps = (inter / (areas[:, None] + areas - inter)).astype(np.float64) > iou_thresh  # (N, N), by score
     suppressed = np.zeros(order.size, dtype=bool)
     keep = []
     for i in range(order.size):
-        if suppressed[i]:
-            continue
-        keep.append(order[i])
-        rest = slice(i + 1, None)
-        w = np.maximum(np.float32(0), np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]))
-        h = np.maximum(np.float32(0), np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]))
-        inter = w * h
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest] |= iou.astype(np.float64) > iou_thresh
+        if not suppressed[i]:
+            keep.append(order[i])
+            suppressed |= overlaps[i]
     return torch.as_tensor(np.asarray(keep, dtype=np.int64), device=boxes.device)
 
 

@@ -1,7 +1,10 @@
 """Predictor: encode an image once, then decode any number of point and box prompts against it."""
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +14,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..config import ModelConfig
 from ..types import LEVELS
+from ..model.pixel_decoder import GN_GROUPS
 from ..model.semantic_sam import SemanticSam
 from .backends import Backend, ImageUploader, create_backend
 
 POINT_BOX_SIZE = 0.005  # a click is the tiny box [x/W, y/H, 0.005, 0.005], as in the official predictor
 PROMPT_TYPE = 0  # point/box embedding row used by the official inference for clicks and boxes
+DEFAULT_SHORT_SIDE = 640
+MIN_SHORT_SIDE = 32
+IMAGE_FORMATS = ("RGB", "BGR")
 
 
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -30,6 +38,55 @@ def padded_shape(height: int, width: int, short_side: int, divisibility: int = 3
     """(Hp, Wp) of the model input for an image of (height, width): resized as :func:`resized_shape`, padded."""
     h, w = resized_shape(height, width, short_side)
     return -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
+
+
+def min_short_side(config: ModelConfig) -> int:
+    """Smallest ``short_side`` at which every image runs (a square one is the worst case).
+
+    The padded input reaches the pixel decoder's coarsest map (the stride-2 conv after the backbone's last stage,
+    stride ``patch_size * 2**stages``) as ceil(padded / stride) per side; its GroupNorm needs more than one value
+    per group, i.e. ``conv_dim / 32`` channels times that map's pixels above 1.
+    """
+    div, stride = config.size_divisibility, config.patch_size * 2 ** len(config.depths)
+    per_group = config.conv_dim // GN_GROUPS
+
+    def coarsest_side(short_side: int) -> int:
+        return -(-(-(-short_side // div) * div) // stride)
+
+    return next(s for s in count(MIN_SHORT_SIDE) if per_group * coarsest_side(s) ** 2 > 1)
+
+
+def check_levels(levels: Iterable[int] | None) -> tuple[int, ...]:
+    """``levels`` as a tuple (None: all six), in the order given; ValueError unless distinct levels of 1..6."""
+    if levels is None:
+        return LEVELS
+    out = tuple(int(level) for level in levels)
+    if not out or len(set(out)) != len(out) or not set(out) <= set(LEVELS):
+        raise ValueError(f"levels must be distinct values of {LEVELS} (at least one), got {out}")
+    return out
+
+
+def check_point_labels(point_labels: Any, points: Any) -> None:
+    """Accept only all-foreground labels: each point is its own prompt, there are no negative or multi-click ones."""
+    if point_labels is None:
+        return
+    labels = np.asarray(point_labels).reshape(-1)
+    n_points = len(_as_prompt_array(points, 2, "points"))
+    if labels.size != n_points:
+        raise ValueError(f"point_labels has {labels.size} entries for {n_points} points")
+    if not (labels == 1).all():
+        raise ValueError(
+            "point_labels must all be 1 (foreground): Semantic-SAM has no negative or multi-click prompts, "
+            "each point is its own prompt"
+        )
+
+
+def to_rgb(image: np.ndarray, image_format: str) -> np.ndarray:
+    """A validated image (:func:`check_image`) in RGB channel order; ``image_format`` is "RGB" or "BGR"."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    image = check_image(image)
+    return np.ascontiguousarray(image[..., ::-1]) if image_format == "BGR" else image
 
 
 def resize_image(image: np.ndarray, short_side: int) -> np.ndarray:
@@ -92,16 +149,22 @@ class ImageEmbedding:
     mask_features: Tensor  # (1, C, Hp/4, Wp/4)
     values: Tensor  # (decoder layers, heads, C/heads, S)
     original_size: tuple[int, int]  # (H, W) of the image given to set_image / encode
-    input_size: tuple[int, int]  # (h, w) after resizing, before padding
-    padded_size: tuple[int, int]  # (Hp, Wp)
+    resized_size: tuple[int, int]  # (h, w) after the short-side resize, before padding
+    padded_size: tuple[int, int]  # (Hp, Wp) of the model input
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Deprecated name of :attr:`resized_size`."""
+        warnings.warn("ImageEmbedding.input_size is deprecated: use resized_size", DeprecationWarning, stacklevel=2)
+        return self.resized_size
 
 
 @dataclass
 class Prediction:
-    """Per prompt (points first, then boxes), 6 columns in granularity level order 1..6."""
+    """Per prompt (points first, then boxes), one column per level of ``levels``, in that order."""
 
-    mask_logits: np.ndarray  # float32 (N, 6, H, W)
-    iou_scores: np.ndarray  # float32 (N, 6), raw IoU-head outputs
+    mask_logits: np.ndarray  # float32 (N, L, H, W)
+    iou_scores: np.ndarray  # float32 (N, L), raw IoU-head outputs
     levels: tuple[int, ...] = LEVELS
 
     @property
@@ -112,26 +175,39 @@ class Prediction:
 class Predictor:
     """SamPredictor-style API: ``set_image`` once (the image encoder runs), then ``predict`` per prompt batch.
 
-    ``backend`` ("eager", "compile", "tensorrt", or a :class:`~semsam_ros.inference.backends.Backend`) and
-    ``precision`` ("fp32", "fp16", "bf16") choose how the model runs; ``cache_dir`` is where TensorRT engines are
-    kept.
+    ``short_side`` (default 640) is the image's short side given to the encoder; it must be at least
+    :func:`min_short_side` of the model. ``backend`` ("eager", "compile", "tensorrt", or a
+    :class:`~semsam_ros.inference.backends.Backend`) and ``precision`` ("fp32", "fp16", "bf16") choose how the
+    model runs; ``cache_dir`` is where TensorRT engines are kept. ``input_size`` is the deprecated name of
+    ``short_side``.
     """
 
     def __init__(
         self,
         model: SemanticSam,
         device: str | torch.device = "cpu",
-        input_size: int = 640,
+        short_side: int | None = None,
         *,
         backend: str | Backend = "eager",
         precision: str = "fp32",
         cache_dir: str | Path | None = None,
+        input_size: int | None = None,
     ) -> None:
-        if input_size <= 0:
-            raise ValueError(f"input_size must be positive, got {input_size}")
+        if input_size is not None:
+            if short_side is not None:
+                raise TypeError("give short_side or its deprecated alias input_size, not both")
+            warnings.warn("Predictor(input_size=) is deprecated: use short_side=", DeprecationWarning, stacklevel=2)
+            short_side = input_size
+        short_side = DEFAULT_SHORT_SIDE if short_side is None else short_side
+        smallest = min_short_side(model.config)
+        if short_side < smallest:
+            raise ValueError(
+                f"short_side={short_side} is too small for model {model.config.name!r}: the smallest usable value "
+                f"is {smallest}"
+            )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.input_size = input_size
+        self.short_side = short_side
         if isinstance(backend, Backend):
             if backend.device.type != self.device.type:
                 raise ValueError(f"the backend runs on {backend.device}, the predictor on {self.device}")
@@ -142,16 +218,22 @@ class Predictor:
         self._upload = ImageUploader(self.device)
         self.embedding: ImageEmbedding | None = None
 
+    @property
+    def input_size(self) -> int:
+        """Deprecated name of :attr:`short_side`."""
+        warnings.warn("Predictor.input_size is deprecated: use short_side", DeprecationWarning, stacklevel=2)
+        return self.short_side
+
     def prepare(self, image_size: tuple[int, int]) -> None:
         """Build or load what the backend needs for images of ``image_size`` (H, W) before the first frame
         (TensorRT engines, compiled graphs, CUDA graphs)."""
-        self.backend.prepare(padded_shape(*image_size, self.input_size, self.model.config.size_divisibility))
+        self.backend.prepare(padded_shape(*image_size, self.short_side, self.model.config.size_divisibility))
 
     @torch.inference_mode()
-    def encode(self, image: np.ndarray) -> ImageEmbedding:
-        """Run the image encoder on an HxWx3 uint8 RGB image (any size; short side resized to input_size)."""
-        image = check_image(image)
-        resized = resize_image(image, self.input_size)
+    def encode(self, image: np.ndarray, image_format: str = "RGB") -> ImageEmbedding:
+        """Run the image encoder on an HxWx3 uint8 image (any size; short side resized to ``short_side``)."""
+        image = to_rgb(image, image_format)
+        resized = resize_image(image, self.short_side)
         tensor = self._upload(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)
         x = self.model.preprocess(tensor)  # normalised and padded on the device
         mask_features, values = self.backend.image_encoder(x)
@@ -159,11 +241,16 @@ class Predictor:
             mask_features, values, image.shape[:2], resized.shape[:2], (int(x.shape[2]), int(x.shape[3]))
         )
 
-    def set_image(self, image: np.ndarray) -> None:
-        self.set_embedding(self.encode(image))
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode ``image`` (HxWx3 uint8, ``image_format`` "RGB" or "BGR") and make it the current image."""
+        self.set_embedding(self.encode(image, image_format))
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
         self.embedding = embedding
+
+    def reset_image(self) -> None:
+        """Forget the current image: ``predict`` raises until the next ``set_image`` / ``set_embedding``."""
+        self.embedding = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -176,17 +263,28 @@ class Predictor:
         return self.embedding
 
     @torch.inference_mode()
-    def predict_lowres(self, points: Any = None, boxes: Any = None) -> tuple[Tensor, Tensor]:
-        """Stride-4 logits of the padded canvas (N, 6, Hp/4, Wp/4) and IoU scores (N, 6), level order."""
+    def predict_lowres(
+        self, points: Any = None, boxes: Any = None, levels: Iterable[int] | None = None, *, point_labels: Any = None
+    ) -> tuple[Tensor, Tensor]:
+        """Stride-4 logits of the padded canvas (N, L, Hp/4, Wp/4) and IoU scores (N, L), not upsampled.
+
+        One column per level of ``levels`` (None: 1..6), in the order given; arguments as :meth:`predict`.
+        """
         emb = self._require_embedding()
+        columns = [level - 1 for level in check_levels(levels)]
         rel = prompts_to_boxes(points, boxes, *emb.original_size)
-        return self.decode_boxes(torch.from_numpy(rel))
+        check_point_labels(point_labels, points)
+        lowres, ious = self.decode_boxes(torch.from_numpy(rel))
+        if columns == list(range(len(LEVELS))):
+            return lowres, ious
+        index = torch.tensor(columns, device=lowres.device)
+        return lowres.index_select(1, index), ious.index_select(1, index)
 
     @torch.inference_mode()
     def decode_boxes(self, rel_boxes: Tensor) -> tuple[Tensor, Tensor]:
         """Decode (N, 4) boxes [cx, cy, w, h] relative to the image (a click: [x/W, y/H, 0.005, 0.005])."""
         emb = self._require_embedding()
-        (h, w), (hp, wp) = emb.input_size, emb.padded_size
+        (h, w), (hp, wp) = emb.resized_size, emb.padded_size
         # rescale into the padded frame in float32, multiplying first, as the official evaluate_demo
         size = torch.tensor([w, h, w, h], dtype=torch.float32)
         padded = rel_boxes.to(torch.float32) * size / torch.tensor([wp, hp, wp, hp], dtype=torch.float32)
@@ -208,15 +306,23 @@ class Predictor:
         lead = lowres.shape[:-2]
         if lowres.numel() == 0:
             return lowres.new_zeros((*lead, *emb.original_size))
-        x = lowres.reshape(1, -1, *lowres.shape[-2:]).float()
+        # one map per batch item: a map's result then never depends on how many are upsampled with it
+        x = lowres.reshape(-1, 1, *lowres.shape[-2:]).float()
         x = F.interpolate(x, size=emb.padded_size, mode="bilinear", align_corners=False)
-        x = x[..., : emb.input_size[0], : emb.input_size[1]]
-        if emb.input_size != emb.original_size:
+        x = x[..., : emb.resized_size[0], : emb.resized_size[1]]
+        if emb.resized_size != emb.original_size:
             x = F.interpolate(x, size=emb.original_size, mode="bilinear", align_corners=False)
         return x.reshape(*lead, *x.shape[-2:])
 
-    def predict(self, points: Any = None, boxes: Any = None) -> Prediction:
-        """Masks for pixel points (P, 2) and pixel XYXY boxes (B, 4); each prompt independent of the others."""
-        lowres, ious = self.predict_lowres(points, boxes)
+    def predict(
+        self, points: Any = None, boxes: Any = None, levels: Iterable[int] | None = None, *, point_labels: Any = None
+    ) -> Prediction:
+        """Masks for pixel points (P, 2) and pixel XYXY boxes (B, 4); each prompt independent of the others.
+
+        ``levels``: which granularity levels to return (None: all six), in that order; only those are upsampled.
+        ``point_labels`` (P,) is accepted for SamPredictor compatibility and must be all 1 (foreground).
+        """
+        levels = check_levels(levels)
+        lowres, ious = self.predict_lowres(points, boxes, levels, point_labels=point_labels)
         logits = self.upsample_logits(lowres)
-        return Prediction(logits.cpu().numpy(), ious.float().cpu().numpy())
+        return Prediction(logits.cpu().numpy(), ious.float().cpu().numpy(), levels)

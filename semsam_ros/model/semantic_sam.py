@@ -49,7 +49,10 @@ class ImageEncoder(nn.Module):
 
 
 class SemanticSam(nn.Module):
-    """The whole interactive model. ``preprocess`` normalises and pads; the two halves run separately."""
+    """The whole interactive model. ``preprocess`` normalises and pads; the two halves run separately.
+
+    ``weights_sha256`` and ``model_id`` name the weights (set by ``checkpoint.load_model``).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -67,6 +70,13 @@ class SemanticSam(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+        self.weights_sha256 = ""  # sha256 of the checkpoint file the weights came from ("" for random weights)
+        self.model_id = cfg.name
+
+    def set_weights_source(self, sha256: str) -> None:
+        """Record the checkpoint file's sha256; ``model_id`` becomes ``<config name>-<first 12 hex digits>``."""
+        self.weights_sha256 = sha256
+        self.model_id = f"{self.config.name}-{sha256[:12]}"
 
     def preprocess(self, image: Tensor) -> Tensor:
         """(3, H, W) uint8 RGB -> (1, 3, Hp, Wp) float32: (x - mean) / std, then zeros bottom/right to /32."""
