@@ -574,7 +574,7 @@ from semsam_ros.bag import BagOptions, process_bag
 from semsam_ros.inference.options import ModelOptions, load_predictor
 from semsam_ros.ros.params import NodeParams
 
-predictor, _ = load_predictor(ModelOptions({str(tiny_checkpoint)!r}, device="cpu", short_side=64))
+predictor, _ = load_predictor(ModelOptions({str(tiny_checkpoint)!r}, device="cpu", short_side={H}))
 params = NodeParams(points_per_side=2, auto_iou_threshold=-100, stability_threshold=0)
 summary = process_bag({str(mixed_bag)!r}, {str(tmp_path / "out")!r}, predictor, BagOptions([{CAM!r}], auto=True,
                       params=params), log=lambda _: None)
