@@ -40,8 +40,8 @@ class FakePredictor:
     def set_embedding(self, embedding) -> None:
         self.embedding = embedding
 
-    def predict(self, points, boxes):
-        self.predict_calls.append((points, boxes))
+    def predict(self, points, boxes, levels=(1, 2, 3, 4, 5, 6)):
+        self.predict_calls.append((points, boxes, levels))
         height, width = self.embedding.shape
         prompts = [("point", p) for p in points] + [("box", b) for b in boxes]
         logits = np.full((len(prompts), 6, height, width), -5.0, np.float32)
@@ -54,7 +54,8 @@ class FakePredictor:
                     inside = (xs >= c[0]) & (xs < c[2]) & (ys >= c[1]) & (ys < c[3])
                 logits[i, k][inside] = 5.0
         scores = np.tile(1.0 - np.arange(1, 7, dtype=np.float32) / 10, (len(prompts), 1))
-        return SimpleNamespace(mask_logits=logits, iou_scores=scores)
+        columns = [level - 1 for level in levels]
+        return SimpleNamespace(mask_logits=logits[:, columns], iou_scores=scores[:, columns])
 
 
 def fake_postprocess(mask_logits, iou_scores, levels, prompt_id, point, params):
@@ -294,6 +295,18 @@ def test_requested_levels_reach_the_postprocessing(types, logs):
     (out,) = core.step()
     assert seen == [((2, H, W), (2, 4))] and [s.level for s in out.segments] == [2, 4]
     assert out.segments[1].area == 9 * 9  # level 4: half-size 4 around (5, 6)
+    assert core.processor.predictor.predict_calls[0][2] == (2, 4)  # only these levels were computed
+
+
+def test_a_batch_asks_for_the_union_of_its_prompts_levels(types, logs):
+    core = make_core(types, logs)
+    core.submit_frame(frame(types, SEC))
+    core.submit_prompt(point_prompt(prompt_id=1, levels=(5, 2)))
+    core.submit_prompt(point_prompt(prompt_id=2, x=9.0, levels=(4,)))
+    (out,) = core.step()
+    assert [c[2] for c in core.processor.predictor.predict_calls] == [(2, 4, 5)]
+    assert [(s.prompt_id, s.level) for s in out.segments] == [(1, 5), (1, 2), (2, 4)]  # each prompt's own order
+    assert [s.area for s in out.segments] == [11 * 11, 5 * 5, 9 * 9]
 
 
 def test_many_prompts_are_batched_in_order(types, logs):
@@ -304,7 +317,7 @@ def test_many_prompts_are_batched_in_order(types, logs):
     core.submit_prompt(PromptRequest(prompt_id=7, points=points, boxes=np.array([[0.0, 0.0, 4.0, 4.0]]),
                                      levels=(1,)))
     (out,) = core.step()
-    assert [len(p) + len(b) for p, b in predictor.predict_calls] == [16, 5]
+    assert [len(p) + len(b) for p, b, _ in predictor.predict_calls] == [16, 5]
     assert [s.point for s in out.segments] == [tuple(p) for p in points] + [None]
     assert out.segments[-1].bbox == (0, 0, 4, 4)
 

@@ -225,11 +225,12 @@ class FrameProcessor:
             chunk.sort(key=lambda item: item[1] != "point")  # the predictor answers points first, then boxes
             points = np.array([c[2] for c in chunk if c[1] == "point"]).reshape(-1, 2)
             boxes = np.array([c[2] for c in chunk if c[1] == "box"]).reshape(-1, 4)
-            pred = self.predictor.predict(points=points, boxes=boxes)
+            asked = tuple(sorted({level for c in chunk for level in owned[c[0]][0].levels or LEVELS}))
+            pred = self.predictor.predict(points=points, boxes=boxes, levels=asked)  # only these are upsampled
             for row, (k, kind, coords, j) in enumerate(chunk):
                 prompt, segs = owned[k]
                 levels = prompt.levels or LEVELS
-                cols = slice(None) if tuple(levels) == LEVELS else [level - 1 for level in levels]  # all: a view
+                cols = slice(None) if tuple(levels) == asked else [asked.index(level) for level in levels]
                 point = (float(coords[0]), float(coords[1])) if kind == "point" else None
                 new = self.pipeline.postprocess(pred.mask_logits[row][cols], pred.iou_scores[row][cols], levels,
                                              prompt.prompt_id, point, params)
