@@ -119,3 +119,6 @@ class Segment3D(Protocol):
     axis: Sequence[float]  # unit principal axis
     point_count: int
     valid_ratio: float
+    grasp_point: Sequence[float]  # a point on the object: the 3D point of grasp_pixel
+    grasp_normal: Sequence[float]  # unit normal of the face grasp_point lies on, towards the camera
+    grasp_pixel: Sequence[float]  # (x, y) of the most interior inlier pixel of the mask

@@ -122,3 +122,39 @@ def render_mug(rays: np.ndarray, iterations: int = 300) -> tuple[np.ndarray, np.
     hit = dist.min(axis=1) < 1e-6
     depth = np.where(hit, points[:, 2], 0.0)
     return depth.reshape(rays.shape[:2]), np.where(hit, label, -1).reshape(rays.shape[:2])
+
+
+def hit_cylinder(rays: np.ndarray, base: np.ndarray, axis: np.ndarray, radius: float, length: float) -> np.ndarray:
+    """Depth of a capped cylinder from ``base`` (centre of one cap) along the unit ``axis``; inf on a miss."""
+    a = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    o = -np.asarray(base, dtype=np.float64)
+    da, oa = rays @ a, o @ a
+    d_perp, o_perp = rays - da[..., None] * a, o - oa * a
+    qa, qb, qc = (d_perp * d_perp).sum(-1), 2 * (d_perp @ o_perp), o_perp @ o_perp - radius**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        side = (-qb - np.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
+        along = oa + side * da
+        side = np.where((along >= 0) & (along <= length) & (side > 0), side, np.inf)
+        hits = [side]
+        for s in (0.0, length):
+            t = (s - oa) / da
+            r2 = ((o_perp + t[..., None] * d_perp) ** 2).sum(-1)
+            hits.append(np.where((r2 <= radius**2) & (t > 0), t, np.inf))
+    t = np.nan_to_num(np.min(hits, axis=0), nan=np.inf)
+    return np.where(t < 1e3, t, np.inf)  # rays (nearly) along the axis meet the side "at infinity"
+
+
+def hit_annulus(rays: np.ndarray, center: np.ndarray, normal: np.ndarray, inner: float, outer: float) -> np.ndarray:
+    """Depth of a flat ring (a handle seen face-on) between radii ``inner`` and ``outer``; inf on a miss."""
+    t = hit_plane(rays, normal, center)
+    with np.errstate(invalid="ignore"):
+        r = np.linalg.norm(rays * t[..., None] - center, axis=-1)
+    return np.where((r >= inner) & (r <= outer), t, np.inf)
+
+
+def table_frame(elevation_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(right, forward, up) of a table seen from ``elevation_deg`` above its plane, in the optical frame."""
+    e = np.radians(elevation_deg)
+    up = np.array([0.0, -np.cos(e), -np.sin(e)])
+    forward = np.array([0.0, -np.sin(e), np.cos(e)])
+    return np.cross(forward, up), forward, up

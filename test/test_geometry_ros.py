@@ -117,9 +117,10 @@ def test_marker_array(mug_segments):
     msg = round_trip(marker_array(TYPES, header(), segs, results, lifetime_s=0.25))
     markers = msg.markers
     assert markers[0].action == 3 and markers[0].ns == ""  # DELETEALL first
-    assert len(markers) == 1 + 4 * 2  # the mask without depth gets no markers
+    assert len(markers) == 1 + 5 * 2  # the mask without depth gets no markers
     by_key = {(m.ns, m.id): m for m in markers[1:]}
-    assert set(by_key) == {(f"semsam/{kind}", i) for kind in ("box", "centroid", "label", "axis") for i in (4, 7)}
+    kinds = ("box", "centroid", "label", "axis", "grasp")
+    assert set(by_key) == {(f"semsam/{kind}", i) for kind in kinds for i in (4, 7)}
     for seg, res in zip(segs[:2], results[:2]):
         box, sphere = by_key["semsam/box", seg.id], by_key["semsam/centroid", seg.id]
         text, arrow = by_key["semsam/label", seg.id], by_key["semsam/axis", seg.id]
@@ -141,6 +142,11 @@ def test_marker_array(mug_segments):
         direction = np.array([end.x - start.x, end.y - start.y, end.z - start.z])
         np.testing.assert_allclose(direction / np.linalg.norm(direction), res.axis, atol=1e-12)
         assert np.linalg.norm(direction) == pytest.approx(max(res.size[0] / 2, 0.02))
+        approach_from, approach_to = by_key["semsam/grasp", seg.id].points  # towards the grasp point, against the normal
+        np.testing.assert_allclose([approach_to.x, approach_to.y, approach_to.z], res.grasp_point, atol=1e-12)
+        approach = np.array([approach_to.x - approach_from.x, approach_to.y - approach_from.y,
+                             approach_to.z - approach_from.z])
+        np.testing.assert_allclose(approach / np.linalg.norm(approach), -res.grasp_normal, atol=1e-9)
     body_box = by_key["semsam/box", 4]
     np.testing.assert_allclose(body_box.scale.x, gs.MUG_HEIGHT, atol=0.002)  # the body's box: 10 cm tall
 

@@ -39,6 +39,9 @@ class Fake3D:
     box_center: tuple = (0.11, 0.19, 1.55)
     normal: tuple = (0.0, 0.0, -1.0)
     axis: tuple = (0.0, 1.0, 0.0)
+    grasp_point: tuple = (0.12, 0.21, 1.49)
+    grasp_normal: tuple = (0.0, -0.6, -0.8)
+    grasp_pixel: tuple = (3.0, 2.0)
     point_count: int = 42
     valid_ratio: float = 0.75
 
@@ -105,10 +108,12 @@ def test_segment_array_content(store, types):
     assert ring.pose.orientation.w == pytest.approx(0.7071068) and ring.size.x == pytest.approx(0.3)
     assert (ring.centroid.x, ring.centroid.y, ring.centroid.z) == (0.1, 0.2, 1.5)
     assert (ring.normal.z, ring.axis.y) == (-1.0, 1.0)
+    assert (ring.grasp_point.x, ring.grasp_normal.y, ring.grasp_pixel_x, ring.grasp_pixel_y) == (0.12, -0.6, 3.0, 2.0)
     # no 3D: geometry zero, the depth statistics still tell why
     assert not handle.has_3d and handle.point_count == 42 and handle.valid_depth_ratio == 0.75
     assert handle.pose.orientation.w == 1.0 and handle.pose.position.z == 0.0 and handle.centroid.z == 0.0
-    assert (handle.normal.z, handle.axis.y, handle.size.x) == (0.0, 0.0, 0.0)
+    assert (handle.normal.z, handle.axis.y, handle.size.x, handle.grasp_point.z) == (0.0, 0.0, 0.0, 0.0)
+    assert np.isnan(handle.grasp_pixel_x) and np.isnan(handle.grasp_pixel_y)
     assert empty.point_count == 0 and empty.valid_depth_ratio == 0.0  # no 3D result at all
     assert not empty.has_3d and (empty.mask.width, empty.mask.height, empty.bbox.width) == (0, 0, 0)
     assert np.isnan(empty.centroid_x) and np.isnan(empty.stability_score)
@@ -140,7 +145,8 @@ def test_3d_fields_round_trip_through_cdr(store, types):
     back = msg_to_3d(msg)
     a, b = results[0], back[0]
     assert b.valid and (b.point_count, b.valid_ratio) == (a.point_count, pytest.approx(a.valid_ratio))
-    for name in ("position", "box_center", "size", "normal", "axis", "orientation"):
+    for name in ("position", "box_center", "size", "normal", "axis", "orientation", "grasp_point", "grasp_normal",
+                 "grasp_pixel"):
         np.testing.assert_allclose(getattr(b, name), getattr(a, name), atol=1e-12, err_msg=name)
     seg = msg.segments[0]
     assert seg.centroid.z == a.position[2] and seg.pose.position.z == a.box_center[2]

@@ -560,7 +560,8 @@ def test_3d_hook_fills_the_message(types, logs):
     def measure(segments, depth_m, camera_info):
         seen.append((depth_m.dtype, float(np.nanmax(depth_m)), camera_info.k[0]))
         return [SimpleNamespace(valid=True, position=(0, 0, 1.5), box_center=(0, 0, 1.6), orientation=(0, 0, 0, 1),
-                                size=(0.1, 0.2, 0.3), normal=(0, 0, -1), axis=(1, 0, 0), point_count=int(s.area),
+                                size=(0.1, 0.2, 0.3), normal=(0, 0, -1), axis=(1, 0, 0), grasp_point=(0, 0, 1.4),
+                                grasp_normal=(0, 0, -1), grasp_pixel=(8, 6), point_count=int(s.area),
                                 valid_ratio=1.0) for s in segments]
 
     core = make_core(types, logs, pipeline=FakePipeline(measure_3d=measure))
@@ -574,6 +575,7 @@ def test_3d_hook_fills_the_message(types, logs):
     (seg,) = out.message.segments
     assert seg.has_3d and seg.centroid.z == 1.5 and seg.pose.position.z == pytest.approx(1.6) and seg.point_count == 9
     assert seg.size.z == pytest.approx(0.3) and seg.valid_depth_ratio == 1.0 and seg.normal.z == -1.0
+    assert seg.grasp_point.z == pytest.approx(1.4) and (seg.grasp_pixel_x, seg.grasp_pixel_y) == (8, 6)
 
 
 # --- bad input, failures, services, threads ---------------------------------------------------------------------------

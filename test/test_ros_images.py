@@ -22,6 +22,7 @@ from semsam_ros.ros.images import (  # noqa: E402
     rgb_to_image,
 )
 from semsam_ros.ros.typestore import make_typestore, message_types  # noqa: E402
+from semsam_ros.geometry import depth_to_meters  # noqa: E402
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(3, 4, 3), dtype=np.uint8)
@@ -110,10 +111,12 @@ def test_yuv422_odd_width_is_rejected():
 @pytest.mark.parametrize("big_endian", [False, True])
 def test_depth_16uc1_millimetres(big_endian):
     mm = np.array([[0, 1000, 1500], [65535, 250, 0]], np.uint16)
-    depth = image_to_depth(raw_image(mm, "16UC1", pad=6, big_endian=big_endian))
-    assert depth.dtype == np.float32
-    expected = np.array([[np.nan, 1.0, 1.5], [65.535, 0.25, np.nan]], np.float32)
-    np.testing.assert_allclose(depth, expected, rtol=1e-6)
+    expected = np.array([[np.nan, 1.0, 1.5], [np.nan, 0.25, np.nan]], np.float32)  # 65.5 m: beyond 10 m
+    for encoding in ("16UC1", "mono16"):  # one policy with geometry.depth_to_meters: both are millimetres
+        depth = image_to_depth(raw_image(mm, encoding, pad=6, big_endian=big_endian))
+        assert depth.dtype == np.float32
+        np.testing.assert_allclose(depth, expected, rtol=1e-6)
+        np.testing.assert_array_equal(depth, depth_to_meters(mm, encoding))
     raw = image_to_array(raw_image(mm, "16UC1", big_endian=big_endian))
     assert raw.dtype == np.uint16
     np.testing.assert_array_equal(raw, mm)
@@ -121,9 +124,10 @@ def test_depth_16uc1_millimetres(big_endian):
 
 @pytest.mark.parametrize("big_endian", [False, True])
 def test_depth_32fc1_metres(big_endian):
-    metres = np.array([[0.0, 1.25, np.nan], [np.inf, -1.0, 3.5]], np.float32)
+    metres = np.array([[0.0, 1.25, np.nan], [np.inf, -1.0, 3.5], [0.01, 10.0, 12.0]], np.float32)
     depth = image_to_depth(raw_image(metres, "32FC1", pad=4, big_endian=big_endian))
-    np.testing.assert_array_equal(depth, np.array([[np.nan, 1.25, np.nan], [np.nan, np.nan, 3.5]], np.float32))
+    np.testing.assert_array_equal(depth, np.array([[np.nan, 1.25, np.nan], [np.nan, np.nan, 3.5],
+                                                   [np.nan, 10.0, np.nan]], np.float32))
     raw = image_to_array(raw_image(metres, "32FC1", big_endian=big_endian))
     assert raw.dtype == np.float32 and raw[0, 1] == np.float32(1.25)
 
@@ -192,9 +196,10 @@ def test_compressed_jpeg(fmt):
 
 
 def test_compressed_depth_png_16bit():
-    mm = np.array([[0, 1000], [2500, 40000]], np.uint16)
-    depth = image_to_depth(compressed(encode(mm, "PNG"), "16UC1; png compressed "))
-    np.testing.assert_allclose(depth, [[np.nan, 1.0], [2.5, 40.0]], rtol=1e-6)
+    mm = np.array([[0, 1000], [2500, 9999]], np.uint16)
+    for fmt in ("16UC1; png compressed ", "mono16; png compressed"):
+        depth = image_to_depth(compressed(encode(mm, "PNG"), fmt))
+        np.testing.assert_allclose(depth, [[np.nan, 1.0], [2.5, 9.999]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("fmt", ["16UC1; compressedDepth png", "h264", "rgb8; tiff compressed"])

@@ -170,13 +170,52 @@ def test_hierarchy_given_order_and_containment_parameter():
         build_hierarchy([seg["mug"], make_segment(np.ones((4, 4), bool), 4, 0.5)])
 
 
-def test_same_level_masks_of_other_prompts_nest_by_area():
+def test_nested_masks_of_one_level_are_siblings():
     drawer = make_segment(box_mask(0, 0, 30, 30), 4, 0.9, prompt_id=0)
-    knob = make_segment(box_mask(5, 5, 10, 10), 4, 0.9, prompt_id=1)
-    twin = make_segment(box_mask(5, 5, 10, 10), 4, 0.8, prompt_id=2)  # same mask again: no link between twins
-    out = build_hierarchy([knob, twin, drawer])
-    assert out[0] is drawer and [s.parent_id for s in out] == [-1, 0, 0] and drawer.child_ids == [1, 2]
-    assert all(s.parent_id < s.id for s in out if s.parent_id >= 0)
+    knob = make_segment(box_mask(5, 5, 10, 10), 4, 0.9, prompt_id=1)  # inside the drawer, same level
+    twin = make_segment(box_mask(5, 5, 10, 10), 4, 0.8, prompt_id=2)
+    cabinet = make_segment(box_mask(0, 0, 40, 40), 3, 0.9, prompt_id=3)
+    out = build_hierarchy([knob, twin, drawer, cabinet])
+    assert out[0] is cabinet
+    assert [s.parent_id for s in (drawer, knob, twin)] == [cabinet.id] * 3  # siblings under the coarser level
+    assert drawer.child_ids == [] and sorted(cabinet.child_ids) == sorted(s.id for s in (drawer, knob, twin))
+    alone = build_hierarchy([make_segment(box_mask(5, 5, 10, 10), 6, 0.9), make_segment(box_mask(0, 0, 30, 30), 6,
+                                                                                         0.9)])
+    assert [s.parent_id for s in alone] == [-1, -1]
+
+
+@pytest.mark.parametrize("inside, linked", [(27, True), (26, False)])
+def test_containment_edge_is_inclusive(inside, linked):
+    """A 30-pixel child with exactly 90 % (27 px) inside its coarser container is linked; 26 px is not."""
+    child = np.zeros((10, 40), bool)
+    child[0, :30] = True
+    parent = np.zeros((10, 40), bool)
+    parent[0, 30 - inside:30] = True
+    parent[1:, :] = True  # a larger container that is no bigger around the child
+    out = build_hierarchy([make_segment(child, 5, 0.9, prompt_id=0), make_segment(parent, 3, 0.9, prompt_id=1)])
+    assert (out[1].parent_id == out[0].id) is linked
+    shifted = build_hierarchy([make_segment(child, 5, 0.9), make_segment(parent, 5, 0.9)])  # one level: no link
+    assert [s.parent_id for s in shifted] == [-1, -1]
+
+
+def test_masks_of_several_prompts_link_across_levels_only():
+    """Three clicks each answered at levels 3, 4, 5 on a mug: links go from each level to the next coarser one
+    present, whichever prompt made the mask, never within a level."""
+    mug, body, handle = box_mask(0, 0, 30, 30), box_mask(0, 0, 20, 30), box_mask(22, 10, 28, 20)
+    segs = [make_segment(mug, 3, 0.9, prompt_id=0), make_segment(body, 4, 0.9, prompt_id=1),
+            make_segment(handle, 5, 0.9, prompt_id=2), make_segment(mug, 3, 0.8, prompt_id=1),
+            make_segment(handle, 4, 0.7, prompt_id=2)]
+    out = build_hierarchy(segs)
+    by_level = {s.level: [] for s in out}
+    for s in out:
+        by_level[s.level].append(s)
+    for s in out:
+        if s.parent_id >= 0:
+            assert out[s.parent_id].level < s.level
+    assert all(s.parent_id == -1 for s in by_level[3])
+    assert segs[4].parent_id == segs[0].id == 0  # level-4 handle in the level-3 mug (lower id of the twins)
+    assert segs[2].parent_id == segs[4].id  # level-5 handle: smallest strictly coarser container
+    assert segs[1].parent_id == 0
 
 
 # text selection by labels

@@ -1,8 +1,8 @@
-"""Depth images to metres, by rule.
+"""Depth images to metres: the one depth-encoding policy of the package (``ros.images.image_to_depth`` uses it).
 
-16UC1 (and mono16) is millimetres, 32FC1 is metres. 0, NaN, inf and values outside [min_m, max_m] are invalid and
+16UC1 and mono16 are millimetres, 32FC1 is metres. 0, NaN, inf and values outside [min_m, max_m] are invalid and
 become NaN. Depth must be registered to the colour image (same size, same camera); a size mismatch is an error,
-never a silent resize.
+never a silent resize. docs/geometry.md ("Depth rules") is where the policy is documented.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ DEFAULT_MIN_DEPTH_M = 0.05
 DEFAULT_MAX_DEPTH_M = 10.0
 MILLIMETRE_ENCODINGS = ("16UC1", "mono16")
 METRE_ENCODINGS = ("32FC1",)
+DEPTH_ENCODINGS = MILLIMETRE_ENCODINGS + METRE_ENCODINGS
 
 
 def depth_to_meters(
@@ -53,7 +54,7 @@ def depth_to_meters(
         metres = depth.astype(np.float32, copy=True)
     else:
         raise ValueError(
-            f"unsupported depth encoding {encoding!r} (dtype {depth.dtype}); use 16UC1 (mm) or 32FC1 (m)"
+            f"unsupported depth encoding {encoding!r} (dtype {depth.dtype}); use 16UC1 or mono16 (mm), or 32FC1 (m)"
         )
     with np.errstate(invalid="ignore"):
         metres[~((metres >= min_m) & (metres <= max_m))] = np.nan

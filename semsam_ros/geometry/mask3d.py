@@ -6,14 +6,15 @@ them to another frame. See docs/geometry.md for the method and what a grasp plan
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from semsam_ros.geometry.camera import CameraModel
+from semsam_ros.geometry.grasp import Grasp, grasp_of
+from semsam_ros.geometry.inliers import boundary_pixels, full_resolution_inliers, surface_inliers
 from semsam_ros.types import mask_bbox
 
 DEFAULT_MIN_POINTS = 30
@@ -23,7 +24,6 @@ DEFAULT_KEEP_FRACTION = 0.25
 _NORMAL_FRACTION = 0.1  # share of the inliers nearest the centroid that the normal is fitted to
 _NORMAL_MIN, _NORMAL_MAX = 20, 200
 _NAN3 = np.full(3, np.nan)
-_FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclass
@@ -38,7 +38,10 @@ class Mask3D:
     normal: unit surface normal at the centroid, pointing towards the camera.
     axis: unit principal axis (a line; its sign is fixed so that its largest component is positive).
     point_count: valid-depth pixels inside the mask; valid_ratio: point_count / mask area.
-    points: (N, 3) float32 inlier points at full resolution when asked for, else None.
+    grasp_point: a point on the object: the 3D point of ``grasp_pixel``, the most interior inlier pixel of the
+      mask; grasp_normal: unit normal of the face it lies on, towards the camera; grasp_pixel: its (x, y).
+    points: (N, 3) float32 inlier points at full resolution when asked for, else None; asking for them changes
+      nothing else.
     """
 
     valid: bool
@@ -50,6 +53,9 @@ class Mask3D:
     axis: np.ndarray
     point_count: int
     valid_ratio: float
+    grasp_point: np.ndarray = field(default_factory=lambda: _NAN3.copy())
+    grasp_normal: np.ndarray = field(default_factory=lambda: _NAN3.copy())
+    grasp_pixel: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
     points: np.ndarray | None = None
 
     @property
@@ -75,11 +81,13 @@ def mask_to_3d(
     bbox: the mask's pixel XYXY box with exclusive max (``Segment.bbox``); computed when None.
     min_points: fewer valid depth pixels than this gives "no 3D".
     max_points: statistics use a regular pixel grid of about this many points (None: every pixel).
-    depth_jump: outlier rejection. Pixels are linked to their grid neighbours when their depths differ by at
-      most ``depth_jump`` (relative, per pixel of spacing); only linked regions with at least ``keep_fraction``
-      of the points of the largest one are kept. This drops mask bleed onto the background, flying pixels and
-      spikes while keeping surfaces seen at grazing angles.
-    return_points: also return the inlier points at full resolution (for point clouds).
+    depth_jump: outlier rejection (``geometry.inliers``). Pixels are linked to their grid neighbours when their
+      depths differ by at most ``depth_jump`` (relative, per pixel of spacing) or when the step between them
+      continues the surface's steps on one side; only linked regions with at least ``keep_fraction`` of the
+      points of the largest one are kept. This drops mask bleed onto the background, flying pixels and spikes
+      while keeping surfaces seen at grazing angles.
+    return_points: also return the inlier points at full resolution (for point clouds); every other field is
+      the same either way.
     """
     options = _Options(min_points, max_points, depth_jump, keep_fraction, return_points)
     return _masks_to_3d([mask], [bbox], depth_m, camera, options)[0]
@@ -101,12 +109,13 @@ class _Options(NamedTuple):
 
 
 class _Sample(NamedTuple):
-    """Inlier points of one mask: grid sample (3, N), extra extent points (3, M), counts, full-res points."""
+    """Inlier points of one mask: grid sample (3, N), extra extent points (3, M), counts, grasp, full-res points."""
 
     p: np.ndarray
     extent: np.ndarray
     count: int
     ratio: float
+    grasp: Grasp
     points: np.ndarray | None
 
 
@@ -152,33 +161,30 @@ def _sample(
     if count < max(options.min_points, 4):
         return _no_3d(count, ratio)
     step = 1 if options.max_points is None else max(1, math.ceil(math.sqrt(count / options.max_points)))
-    inliers = _surface_inliers(m[::step, ::step], sel[::step, ::step], z[::step, ::step],
-                               options.depth_jump * step, options.keep_fraction, holes=count < area)
+    inliers = surface_inliers(m[::step, ::step], sel[::step, ::step], z[::step, ::step],
+                              options.depth_jump * step, options.keep_fraction, holes=count < area)
     width = camera.width
     rows, cols = np.nonzero(inliers)
+    if rows.size < 4:
+        return _no_3d(count, ratio)
     flat = (rows * step + y0) * width + (cols * step + x0)  # image pixel indices of the inliers
-    if options.return_points:
-        if step > 1:
-            full = _full_resolution_inliers(sel, z, inliers, step, options.depth_jump * step * math.sqrt(2))
-            rows, cols = np.nonzero(full)
-        points = _gather(camera, depth_m, (rows + y0) * width + (cols + x0)).T.copy()
-        return _sample_of(_gather(camera, depth_m, flat), points.T, count, ratio, points)
     if step > 1:  # inliers on the step grid; the boundary pixels restore the extents it misses
-        boundary = _boundary_pixels(sel, depth_m, x0, y0, inliers, step, options.depth_jump * step)
-        both = _gather(camera, depth_m, np.concatenate([boundary, flat]))
-        return _sample_of(both[:, boundary.size :], both[:, : boundary.size], count, ratio, None)
-    return _sample_of(_gather(camera, depth_m, flat), np.zeros((3, 0), np.float32), count, ratio, None)
+        extent = _gather(camera, depth_m, boundary_pixels(sel, depth_m, x0, y0, inliers, step,
+                                                           options.depth_jump * step))
+    else:
+        extent = np.zeros((3, 0), np.float32)
+    rays = camera.rays[:, y0:y1, x0:x1]
+    grasp = grasp_of(m, sel, inliers, step, rays, z, x0, y0)
+    points = None
+    if options.return_points:  # never used for the statistics: they do not depend on it
+        full = full_resolution_inliers(sel, z, inliers, step, options.depth_jump * step * math.sqrt(2))
+        points = (rays[:, full] * z[full]).T.copy()
+    return _Sample(_gather(camera, depth_m, flat), extent, count, ratio, grasp, points)
 
 
 def _gather(camera: CameraModel, depth_m: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """(3, N) camera-frame points of image pixels given by flat index."""
     return np.take(camera.rays.reshape(3, -1), flat, axis=1) * np.take(depth_m, flat)
-
-
-def _sample_of(p: np.ndarray, extent: np.ndarray, count: int, ratio: float, points: np.ndarray | None
-               ) -> _Sample | Mask3D:
-    """A sample, or "no 3D" when fewer than 4 inliers are left."""
-    return _Sample(p, extent, count, ratio, points) if p.shape[1] >= 4 else _no_3d(count, ratio)
 
 
 def transform(m: Mask3D, t: np.ndarray) -> Mask3D:
@@ -200,6 +206,8 @@ def transform(m: Mask3D, t: np.ndarray) -> Mask3D:
         orientation=matrix_to_quaternion(r @ m.rotation),
         normal=r @ m.normal,
         axis=r @ m.axis,
+        grasp_point=r @ m.grasp_point + trans,
+        grasp_normal=r @ m.grasp_normal,
         points=points,
     )
 
@@ -207,90 +215,6 @@ def transform(m: Mask3D, t: np.ndarray) -> Mask3D:
 def _no_3d(count: int, ratio: float) -> Mask3D:
     nan3 = _NAN3.copy()
     return Mask3D(False, nan3, np.full(4, np.nan), nan3.copy(), nan3.copy(), nan3.copy(), nan3.copy(), count, ratio)
-
-
-def _surface_inliers(
-    mask: np.ndarray, valid: np.ndarray, z: np.ndarray, jump: float, keep_fraction: float, holes: bool
-) -> np.ndarray:
-    """Valid pixels of a grid in its large depth-continuous regions (4-neighbours linked if |dz| <= jump * z).
-
-    Pixels sit at even positions of a twice-as-fine image, links between them at odd ones. A mask pixel without
-    depth (``holes``) takes the depth of the last valid pixel to its left in the row, so holes bridge rather than
-    cut a surface; regions are sized by their valid pixels only.
-    """
-    h, w = valid.shape
-    nodes = valid
-    if holes:
-        rows = np.arange(h)[:, None]
-        last = np.where(valid, np.arange(w), 0)
-        np.maximum.accumulate(last, axis=1, out=last)
-        nodes = mask & valid[rows, last]
-        z = z[rows, last]
-    # |dz| <= jump * min(z1, z2)  <=>  |log z1 - log z2| <= log(1 + jump); NaN (no link) off the nodes
-    log_z = np.log(np.where(nodes, z, np.nan))
-    limit = math.log1p(jump)
-    links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
-    links[::2, ::2] = nodes
-    links[::2, 1::2] = np.abs(log_z[:, 1:] - log_z[:, :-1]) <= limit
-    links[1::2, ::2] = np.abs(log_z[1:] - log_z[:-1]) <= limit
-    labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
-    if n == 1:
-        return valid
-    pixel_labels = labels[::2, ::2]
-    sizes = np.bincount(pixel_labels[valid], minlength=n + 1)
-    sizes[0] = 0
-    return (sizes >= max(keep_fraction * sizes.max(), 1))[pixel_labels] & valid
-
-
-def _full_resolution_inliers(
-    sel: np.ndarray, z: np.ndarray, inliers: np.ndarray, step: int, tolerance: float
-) -> np.ndarray:
-    """Valid pixels of ``sel`` depth-continuous (|dz| <= tolerance * z) with an inlier at a corner of their cell
-    of the step-``step`` grid ``inliers``."""
-    h, w = sel.shape
-    gh, gw = inliers.shape
-    corners = np.full((gh + 1, gw + 1), np.nan, dtype=z.dtype)  # node depth where an inlier, one NaN row/col more
-    corners[:gh, :gw] = np.where(inliers, z[::step, ::step], np.nan)
-    near = np.zeros((h, w), dtype=bool)
-    for dr in (0, 1):
-        for dc in (0, 1):
-            zn = np.repeat(np.repeat(corners[dr : dr + gh, dc : dc + gw], step, axis=0), step, axis=1)[:h, :w]
-            near |= np.abs(z - zn) <= tolerance * zn
-    return near & sel
-
-
-def _boundary_pixels(
-    sel: np.ndarray, depth_m: np.ndarray, x0: int, y0: int, inliers: np.ndarray, step: int, tolerance: float
-) -> np.ndarray:
-    """Image (flat) indices of the valid pixels up to step - 1 beyond a grid inlier, towards each of its 4 grid
-    neighbours that is not an inlier, kept when depth-continuous with it (|dz| <= tolerance * z).
-
-    ``sel`` is the crop at (x0, y0) of valid mask pixels, ``inliers`` its step-``step`` grid of inliers; the grid
-    misses up to step - 1 pixels at each side of a mask, these restore the extents.
-    """
-    h, w = sel.shape
-    width = depth_m.shape[1]
-    padded = np.zeros((inliers.shape[0] + 2, inliers.shape[1] + 2), dtype=bool)
-    padded[1:-1, 1:-1] = inliers
-    neighbours = np.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
-    side, node_r, node_c = np.nonzero(inliers > neighbours)  # inliers whose up, down, left, right one is not
-    node_r *= step
-    node_c *= step
-    dr, dc = _probe_offsets(step)
-    rows = np.minimum(np.maximum(node_r[:, None] + dr[side], 0), h - 1)
-    cols = np.minimum(np.maximum(node_c[:, None] + dc[side], 0), w - 1)
-    image = (rows + y0) * width + (cols + x0)
-    zn = np.take(depth_m, (node_r + y0) * width + (node_c + x0))[:, None]
-    keep = np.take(sel, rows * w + cols) & (np.abs(np.take(depth_m, image) - zn) <= tolerance * zn)  # zn finite
-    return image[keep]
-
-
-@lru_cache(maxsize=64)
-def _probe_offsets(step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(4, step - 1) row and column offsets of the pixels 1..step-1 up, down, left and right of a grid node."""
-    k = np.arange(1, step)
-    zero = np.zeros_like(k)
-    return np.stack([-k, k, zero, zero]), np.stack([zero, zero, -k, k])
 
 
 def _median(a: np.ndarray) -> np.ndarray:
@@ -361,6 +285,9 @@ def _fit_batch(samples: Sequence[_Sample]) -> list[Mask3D]:
             axis=e0[g],
             point_count=s.count,
             valid_ratio=s.ratio,
+            grasp_point=s.grasp.point,
+            grasp_normal=s.grasp.normal,
+            grasp_pixel=s.grasp.pixel,
             points=s.points,
         )
         for g, s in enumerate(samples)
@@ -373,28 +300,11 @@ def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
 
 
 def _quaternions(r: np.ndarray) -> np.ndarray:
-    """(G, 4) quaternions (x, y, z, w), w >= 0, of (G, 3, 3) rotations.
-
-    Row i of K below is 4 q_i q; the row with the largest diagonal entry 4 q_i^2 is the best conditioned.
-    """
-    g = np.arange(len(r))
-    r00, r11, r22 = r[:, 0, 0], r[:, 1, 1], r[:, 2, 2]
-    a, b, c = r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]
-    d, e, f = r[:, 0, 1] + r[:, 1, 0], r[:, 0, 2] + r[:, 2, 0], r[:, 1, 2] + r[:, 2, 1]
-    k = np.stack([1 + r00 - r11 - r22, d, e, a,
-                  d, 1 - r00 + r11 - r22, f, b,
-                  e, f, 1 - r00 - r11 + r22, c,
-                  a, b, c, 1 + r00 + r11 + r22], axis=1).reshape(-1, 4, 4)
-    q = k[g, k[:, [0, 1, 2, 3], [0, 1, 2, 3]].argmax(axis=1)]
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    """(G, 4) quaternions (x, y, z, w), w >= 0, of (G, 3, 3) rotations."""
+    q = Rotation.from_matrix(r).as_quat()
     return np.where(q[:, 3:] < 0, -q, q)
 
 
 def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    """3x3 rotation matrix of a quaternion (x, y, z, w)."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    """3x3 rotation matrix of a quaternion (x, y, z, w) (normalised first)."""
+    return Rotation.from_quat(np.asarray(q, dtype=np.float64)).as_matrix()

@@ -102,6 +102,10 @@ def _segment_msg(types: MessageTypes, seg: Segment, header: Any, result3d: Segme
         centroid=vector3("position", "Point"),
         normal=vector3("normal"),
         axis=vector3("axis"),
+        grasp_point=vector3("grasp_point", "Point"),
+        grasp_normal=vector3("grasp_normal"),
+        grasp_pixel_x=float(result3d.grasp_pixel[0]) if has_3d else float("nan"),
+        grasp_pixel_y=float(result3d.grasp_pixel[1]) if has_3d else float("nan"),
         # known whenever depth was measured, valid or not (why a mask has no 3D)
         point_count=0 if result3d is None else int(result3d.point_count),
         valid_depth_ratio=0.0 if result3d is None else float(result3d.valid_ratio),
@@ -208,6 +212,9 @@ def msg_to_3d(msg: Any) -> list[Any]:
             box_center=xyz(s.pose.position) if valid else nan3.copy(),
             normal=xyz(s.normal) if valid else nan3.copy(),
             axis=xyz(s.axis) if valid else nan3.copy(),
+            grasp_point=xyz(s.grasp_point) if valid else nan3.copy(),
+            grasp_normal=xyz(s.grasp_normal) if valid else nan3.copy(),
+            grasp_pixel=np.array([s.grasp_pixel_x, s.grasp_pixel_y], dtype=np.float64) if valid else np.full(2, np.nan),
             point_count=int(s.point_count),
             valid_ratio=float(s.valid_depth_ratio),
         ))
@@ -259,13 +266,10 @@ def prompt_to_msg(types: MessageTypes, prompt: PromptRequest) -> Any:
 
 def transform_point(transform: Any, point: Sequence[float]) -> np.ndarray:
     """Apply a geometry_msgs/Transform (translation + unit quaternion rotation) to a 3D point."""
+    from semsam_ros.geometry.mask3d import quaternion_to_matrix
+
     q = transform.rotation
-    x, y, z, w = float(q.x), float(q.y), float(q.z), float(q.w)
-    rotation = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    rotation = quaternion_to_matrix([q.x, q.y, q.z, q.w])
     t = transform.translation
     return rotation @ np.asarray(point, dtype=np.float64) + np.array([t.x, t.y, t.z], dtype=np.float64)
 

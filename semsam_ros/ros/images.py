@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from semsam_ros.geometry.depth import DEPTH_ENCODINGS, MILLIMETRE_ENCODINGS, depth_to_meters
 from semsam_ros.ros.msgtypes import MessageTypes
 
 # encoding -> (dtype, channels); the YUV 4:2:2 encodings carry 2 bytes per pixel.
@@ -31,10 +32,9 @@ _LAYOUTS: dict[str, tuple[str, int]] = {
 _UYVY = ("yuv422", "uyvy")  # U0 Y0 V0 Y1
 _YUYV = ("yuv422_yuy2", "yuyv")  # Y0 U0 Y1 V0
 _COLOUR = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "mono16") + _UYVY + _YUYV
-_DEPTH = ("16UC1", "32FC1")
 _CODECS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
 _COMPRESSED = ("jpeg", "png", "<pixfmt>; jpeg compressed <pixfmt>", "<pixfmt>; png compressed <pixfmt>")
-_COMPRESSED_DEPTH = _DEPTH + ("16UC1; png compressed",)
+_COMPRESSED_DEPTH = DEPTH_ENCODINGS + tuple(f"{e}; png compressed" for e in MILLIMETRE_ENCODINGS)
 
 
 class UnsupportedEncodingError(ValueError):
@@ -173,23 +173,22 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 
 
 def image_to_depth(msg: Any) -> np.ndarray:
-    """HxW float32 depth in metres from 16UC1 (mm), 32FC1 (m) or a '16UC1; png compressed' CompressedImage.
+    """HxW float32 depth in metres of a depth Image or a '16UC1; png compressed' CompressedImage.
 
-    Invalid depth (0, negative, NaN, inf) becomes NaN.
+    The encodings and validity rules are those of ``geometry.depth.depth_to_meters`` (16UC1/mono16 mm, 32FC1 m;
+    invalid or out-of-range depth becomes NaN).
     """
     if is_compressed(msg):
-        pixels = compressed_to_array(msg) if msg.format.split(";")[0].strip() == "16UC1" else None
+        encoding = msg.format.split(";")[0].strip()
+        pixels = compressed_to_array(msg) if encoding in MILLIMETRE_ENCODINGS else None
         if pixels is None or pixels.ndim != 2 or pixels.dtype != np.uint16:
             raise UnsupportedEncodingError(msg.format, _COMPRESSED_DEPTH)
-        encoding = "16UC1"
     else:
         encoding = msg.encoding.strip()
-        if encoding not in _DEPTH:
-            raise UnsupportedEncodingError(encoding, _DEPTH)
+        if encoding not in DEPTH_ENCODINGS:
+            raise UnsupportedEncodingError(encoding, DEPTH_ENCODINGS)
         pixels = image_to_array(msg)
-    depth = pixels.astype(np.float32) * np.float32(0.001) if encoding == "16UC1" else pixels.astype(np.float32)
-    depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
-    return depth
+    return depth_to_meters(pixels, encoding)
 
 
 def array_to_image(types: MessageTypes, pixels: np.ndarray, encoding: str, header: Any) -> Any:

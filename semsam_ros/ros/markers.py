@@ -2,7 +2,8 @@
 
 Every array starts with a DELETEALL marker (markers of segments gone since the last frame disappear), then for
 each segment with 3D: its oriented box (CUBE, namespace ``<ns>/box``), centroid (SPHERE, ``<ns>/centroid``),
-label (TEXT_VIEW_FACING, ``<ns>/label``) and principal axis (ARROW, ``<ns>/axis``), all with marker id = segment
+label (TEXT_VIEW_FACING, ``<ns>/label``), principal axis (ARROW, ``<ns>/axis``) and grasp (ARROW from the
+grasp point against its normal, the approach direction, ``<ns>/grasp``), all with marker id = segment
 id, coloured ``segment_color(segment.id)`` like the overlay image, with a lifetime so that they vanish when the
 node stops publishing.
 """
@@ -93,6 +94,9 @@ def marker_array(
         shaft = float(np.clip(0.1 * length, 0.002, 0.01))
         markers.append(marker(f"{ns}/axis", seg.id, ARROW, ADD, zero, identity, (shaft, 2 * shaft, 0.25 * length),
                               (r, g, b, 1.0), points=(m.position, m.position + length * m.axis)))
+        if np.isfinite(m.grasp_normal).all():
+            markers.append(marker(f"{ns}/grasp", seg.id, ARROW, ADD, zero, identity, (shaft, 2 * shaft, 0.25 * length),
+                                  (r, g, b, 1.0), points=(m.grasp_point + length * m.grasp_normal, m.grasp_point)))
     return types.make("visualization_msgs/msg/MarkerArray", markers=markers)
 
 

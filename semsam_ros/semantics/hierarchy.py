@@ -1,8 +1,8 @@
 """Part-of links between the masks of one frame: across levels and across prompts.
 
 A mask is the child of a coarser one when at least ``min_inside`` of its area lies inside it; its parent is the
-smallest such container. Coarser means a lower level, or the same level (masks of different prompts) and a
-larger area. Ids are stable within a frame: they follow a canonical order that depends only on the masks, not
+smallest such container. Coarser means a strictly lower level (layout.md, Conventions): masks of one level that
+nest (different prompts) are siblings, never parent and child. Ids are stable within a frame: they follow a canonical order that depends only on the masks, not
 on the order they arrived in.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ def build_hierarchy(
 
     ``order="canonical"`` numbers them by :func:`canonical_key` (the same masks get the same ids whatever order
     they come in; a parent's id is then below its children's), ``"given"`` keeps the input order. A segment's
-    parent is the smallest coarser segment (a lower level, or the same level and a larger area) that holds at
-    least ``min_inside`` of its area (ties: the lower id); ``child_ids`` are ascending. Empty masks get no
-    links. The Segment objects are updated in place (``id``, ``parent_id``, ``child_ids``).
+    parent is the smallest segment of a strictly lower level that holds at least ``min_inside`` of its area
+    (ties: the lower id); ``child_ids`` are ascending. Empty masks get no links.
+    The Segment objects are updated in place (``id``, ``parent_id``, ``child_ids``).
     """
     if not 0.0 < min_inside <= 1.0:
         raise ValueError(f"min_inside must be in (0, 1], got {min_inside}")
@@ -61,9 +61,9 @@ def build_hierarchy(
     # box-overlap area bounds the inside area: prune every (child, parent) pair that cannot qualify
     w = np.minimum(box[:, None, 2], box[None, :, 2]) - np.maximum(box[:, None, 0], box[None, :, 0])
     h = np.minimum(box[:, None, 3], box[None, :, 3]) - np.maximum(box[:, None, 1], box[None, :, 1])
-    need = min_inside * area
+    need = np.ceil(np.round(min_inside * area, 9))  # whole pixels: exactly min_inside qualifies (0.07 * 100 > 7)
     possible = (
-        ((level[None, :] < level[:, None]) | ((level[None, :] == level[:, None]) & (area[None, :] > area[:, None])))
+        (level[None, :] < level[:, None])
         & (np.clip(w, 0, None) * np.clip(h, 0, None) >= need[:, None])
         & (area[None, :] >= need[:, None])
         & (area[:, None] > 0)
