@@ -5,43 +5,20 @@ segment_id (uint32) and level (uint8), little-endian, 24 bytes per point (3 byte
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from semsam_ros.geometry.mask3d import Mask3D
 from semsam_ros.viz.palette import segment_colors
 
-# sensor_msgs/PointField datatypes
-UINT8 = 2
-UINT32 = 6
-FLOAT32 = 7
-
-
-class PointFieldSpec(NamedTuple):
-    """One sensor_msgs/PointField: name, byte offset in the point, datatype constant, count."""
-
-    name: str
-    offset: int
-    datatype: int
-    count: int
-
-
-CLOUD_FIELDS: tuple[PointFieldSpec, ...] = (
-    PointFieldSpec("x", 0, FLOAT32, 1),
-    PointFieldSpec("y", 4, FLOAT32, 1),
-    PointFieldSpec("z", 8, FLOAT32, 1),
-    PointFieldSpec("rgb", 12, FLOAT32, 1),
-    PointFieldSpec("segment_id", 16, UINT32, 1),
-    PointFieldSpec("level", 20, UINT8, 1),
-)
-_NUMPY_TYPES = {UINT8: "u1", UINT32: "<u4", FLOAT32: "<f4"}
 CLOUD_DTYPE = np.dtype({
-    "names": [f.name for f in CLOUD_FIELDS],
-    "formats": [_NUMPY_TYPES[f.datatype] for f in CLOUD_FIELDS],
-    "offsets": [f.offset for f in CLOUD_FIELDS],
+    "names": ["x", "y", "z", "rgb", "segment_id", "level"],
+    "formats": ["<f4", "<f4", "<f4", "<f4", "<u4", "u1"],
+    "offsets": [0, 4, 8, 12, 16, 20],
     "itemsize": 24,
 })
+"""One point of a segments cloud; ``ros.cloud`` turns these fields into sensor_msgs/PointField entries."""
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -14,13 +14,14 @@ from semsam_ros.inference import options
 from semsam_ros.ros.params import NodeParams
 from semsam_ros.types import Segment, Segment3D
 
-WARMUP_SHAPE = (480, 640, 3)
+WARMUP_ASPECT = 4 / 3  # the warm-up frame: the common camera aspect at the model's own input size
 
 
 def load_predictor(params: NodeParams) -> tuple[Any, str]:
     """(Predictor, model_id) for ``params`` (``inference.options.load_predictor``). Raises with the reason.
 
-    The eager backend is warmed up on one blank frame. Compiled backends (compile, tensorrt) are built for the
+    The eager backend is warmed up on one blank 4:3 frame whose short side is ``input_size``, so the encoder runs
+    once at the padded size a 4:3 camera gives (the frame is used as is, never resized). Compiled backends (compile, tensorrt) are built for the
     camera's own size on its first frame, or loaded from the engine cache when ``semsam build-engine`` prebuilt
     them, so a robot never compiles at launch.
     """
@@ -37,9 +38,10 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
     except ValueError as exc:  # the device or the size does not fit this model or machine
         raise ValueError(f"{exc} (parameters device, input_size)") from exc
     if params.backend == "eager":
-        blank = np.zeros(WARMUP_SHAPE, dtype=np.uint8)
-        predictor.set_embedding(predictor.encode(blank))
-        predictor.predict(points=np.array([[WARMUP_SHAPE[1] / 2, WARMUP_SHAPE[0] / 2]]))
+        height, width = params.input_size, round(params.input_size * WARMUP_ASPECT)
+        predictor.set_embedding(predictor.encode(np.zeros((height, width, 3), dtype=np.uint8)))
+        predictor.predict(points=np.array([[width / 2, height / 2]]))
+        predictor.reset_image()
     return predictor, model_id
 
 
