@@ -41,6 +41,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
     if not args.dst.endswith(".safetensors"):
         raise UserError(f"the output must be a .safetensors file, got {args.dst}")
+    if not Path(args.dst).absolute().parent.is_dir():
+        raise UserError(f"cannot write {args.dst}: the folder {Path(args.dst).parent} does not exist")
     try:
         dst = convert_checkpoint(args.src, args.dst, args.config)
     except (CheckpointError, ValueError) as exc:

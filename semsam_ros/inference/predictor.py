@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..types import LEVELS
+from ..limits import check_long_side
+from ..types import DEFAULT_MAX_LONG_SIDE, LEVELS
 from ..model.semantic_sam import SemanticSam
 from .backends import Backend, ImageUploader, create_backend
 
@@ -126,12 +127,14 @@ class Predictor:
         backend: str | Backend = "eager",
         precision: str = "fp32",
         cache_dir: str | Path | None = None,
+        max_long_side: int = DEFAULT_MAX_LONG_SIDE,
     ) -> None:
         if input_size <= 0:
             raise ValueError(f"input_size must be positive, got {input_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.input_size = input_size
+        self.max_long_side = max_long_side
         if isinstance(backend, Backend):
             if backend.device.type != self.device.type:
                 raise ValueError(f"the backend runs on {backend.device}, the predictor on {self.device}")
@@ -151,6 +154,7 @@ class Predictor:
     def encode(self, image: np.ndarray) -> ImageEmbedding:
         """Run the image encoder on an HxWx3 uint8 RGB image (any size; short side resized to input_size)."""
         image = check_image(image)
+        check_long_side(*image.shape[:2], self.input_size, self.max_long_side)
         resized = resize_image(image, self.input_size)
         tensor = self._upload(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)
         x = self.model.preprocess(tensor)  # normalised and padded on the device
