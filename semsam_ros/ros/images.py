@@ -46,7 +46,8 @@ class UnsupportedEncodingError(InputRejected):
     encoding itself (counted as ``UnsupportedEncodingError/<encoding>``)."""
 
     def __init__(self, encoding: str, supported: tuple[str, ...]) -> None:
-        super().__init__(f"unsupported image encoding {encoding!r} (supported: {', '.join(supported)})", encoding)
+        message = f"unsupported image encoding {encoding!r} (supported: {', '.join(supported)})"
+        super().__init__(message, encoding.strip() or "unsupported_encoding")
         self.encoding = encoding
 
 
