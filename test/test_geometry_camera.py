@@ -9,6 +9,13 @@ from semsam_ros.geometry import CameraModel, depth_to_meters, project_point
 K = np.array([[500.0, 0.0, 320.0], [0.0, 505.0, 240.0], [0.0, 0.0, 1.0]])
 
 
+DISTORTIONS = pytest.mark.parametrize("d, model", [
+    ([-0.28, 0.07, 0.001, -0.0005, 0.0], "plumb_bob"),
+    ([0.35, -0.1, 0.0008, 0.0004, 0.01, 0.7, -0.05, 0.02], "rational_polynomial"),
+    ([0.05, -0.01, 0.003, -0.001], "equidistant"),
+])
+
+
 def camera_info(d=(), model="plumb_bob", width=640, height=480):
     """An object shaped like sensor_msgs/CameraInfo (ROS 2 field names)."""
     p = np.zeros((3, 4))
@@ -117,11 +124,7 @@ def test_radtan_forward_matches_the_formula():
     np.testing.assert_allclose([got[0][0], got[1][0]], [xd, yd], rtol=1e-12)
 
 
-@pytest.mark.parametrize("d, model", [
-    ([-0.28, 0.07, 0.001, -0.0005, 0.0], "plumb_bob"),
-    ([0.35, -0.1, 0.0008, 0.0004, 0.01, 0.7, -0.05, 0.02], "rational_polynomial"),
-    ([0.05, -0.01, 0.003, -0.001], "equidistant"),
-])
+@DISTORTIONS
 def test_every_pixel_ray_projects_back_to_its_pixel(d, model):
     cam = CameraModel(K, 640, 480, d=d, distortion_model=model)
     rays = cam.rays
@@ -170,11 +173,7 @@ def test_project_point_with_distortion_round_trips_a_pixel_and_rejects_fold_back
 
 # -- points only, cached cameras, hostile camera infos --------------------------------------------------------------
 
-@pytest.mark.parametrize("d, model", [
-    ([-0.28, 0.07, 0.001, -0.0005, 0.0], "plumb_bob"),
-    ([0.35, -0.1, 0.0008, 0.0004, 0.01, 0.7, -0.05, 0.02], "rational_polynomial"),
-    ([0.05, -0.01, 0.003, -0.001], "equidistant"),
-])
+@DISTORTIONS
 def test_single_points_undistort_as_the_full_image_map(d, model):
     cam = CameraModel(K, 640, 480, d=d, distortion_model=model)
     v, u = np.mgrid[0:480, 0:640].astype(np.float64)  # the whole-image map, in one Newton solve
