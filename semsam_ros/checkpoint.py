@@ -6,6 +6,7 @@ with one error that lists every problem. ``torch.load`` always runs with ``weigh
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig, resolve_config
-from .hashing import file_sha256
+from .hashing import file_sha256, tensors_sha256
 from .model.semantic_sam import SemanticSam
 
 FORMAT_NAME = "semsam_ros"
@@ -96,8 +97,18 @@ def _read_pth(path: Path) -> dict[str, Tensor]:
     """The flat, unprefixed official state dict of a .pth file in any of its layouts."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (UnpicklingError: {exc})") from None
+        # weights_only refused a Python object: say so, without torch's advice to load it unsafely
+        found = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", str(exc), re.S)
+        reason = " ".join(found.group(1).split()) if found else ""
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint: refused by the tensors-only loader ({reason or 'pickle'}); "
+            "a file holding other Python objects is never unpickled here. Use the official release checkpoint or "
+            "a .safetensors file") from None
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     if isinstance(obj.get("model"), dict):
@@ -259,7 +270,8 @@ def load_model(
 
     ``checkpoint``: an official ``.pth`` (any layout) or our ``.safetensors``. ``config``: None (read from the
     file: our metadata, or inferred from the official shapes), ``"swint"``, ``"swinl"``, a YAML path in the
-    official format, or a ModelConfig. The model gets ``weights_sha256`` (of the file) and ``model_id``.
+    official format, or a ModelConfig. The model gets ``weights_sha256`` (of the file) and ``model_id`` (the
+    preset and a hash of the weights themselves: the same for a .pth and its converted .safetensors).
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -276,7 +288,7 @@ def load_model(
         cfg = cfg or _named(infer_config(official))
         model = SemanticSam(cfg)
         model.load_state_dict(map_official_state_dict(official, model, path))
-    model.set_weights_source(file_sha256(path))
+    model.set_weights_source(file_sha256(path), tensors_sha256(model.state_dict()))
     return model.to(device).eval()
 
 

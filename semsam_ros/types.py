@@ -33,6 +33,13 @@ ON_FAILURE: tuple[str, ...] = ("refuse", "warn")
 """What the accuracy guard does below MIN_MEAN_IOU."""
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+"""Largest image (width x height) decoded or converted: covers 4K cameras (4096x3072); larger is rejected from the
+header, before any pixel is decoded (node/bag parameter and CLI flag max_image_pixels)."""
+DEFAULT_MAX_LONG_SIDE = 2048
+"""Largest long side of the resized encoder input (a 640 short side allows aspect ratios up to 3.2); node/bag
+parameter and CLI flag max_long_side."""
+
 
 def kind_of_level(level: int) -> int:
     """KIND_OBJECT for levels 1-3, KIND_PART for levels 4-6 (the paper's decoupled object/part split)."""

@@ -237,7 +237,7 @@ def test_cli_yaml_prompts_every_frame_matches_python_api(mixed_bag, tiny_checkpo
                                   "-q")
     assert status == 0, err
     assert "segmented 9 of 11 frame(s) read (2 skipped)" in stdout
-    assert "image/UnsupportedEncodingError/bayer_rggb8: 1" in stdout and "image/ValueError: 1" in stdout
+    assert "image/UnsupportedEncodingError/bayer_rggb8: 1" in stdout and "image/InputRejected/malformed: 1" in stdout
     assert "prompt/PromptError/outside: 6" in stdout
     assert "unsupported image encoding 'bayer_rggb8'" in err
 

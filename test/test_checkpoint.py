@@ -20,6 +20,7 @@ from semsam_ros.checkpoint import (
     to_official_state_dict,
 )
 from semsam_ros.config import ModelConfig
+from semsam_ros.hashing import tensors_sha256
 from semsam_ros.inference.predictor import Predictor
 from semsam_ros.model.semantic_sam import SemanticSam
 from semsam_ros.testing import make_tiny_checkpoint, random_model, tiny_config
@@ -42,8 +43,9 @@ def test_every_layout_loads_the_same_weights(tmp_path, layout, test_image):
     for name, tensor in reference.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
     np.testing.assert_array_equal(_outputs(model, test_image).mask_logits, _outputs(reference, test_image).mask_logits)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert (model.weights_sha256, model.model_id) == (digest, f"{model.config.name}-{digest[:12]}")
+    # model_id names the weights, not the file: the same in every layout, the file's sha256 differs
+    assert model.model_id == f"{model.config.name}-{tensors_sha256(reference.state_dict())[:12]}"
+    assert model.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (reference.weights_sha256, reference.model_id) == ("", "tiny")  # random weights: no file
 
 
@@ -126,9 +128,10 @@ def test_a_checkpoint_never_runs_code(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model": exploit}, f)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="refused by the tensors-only loader") as err:
         load_model(path)
     assert not marker.exists()
+    assert "weights_only" not in str(err.value)  # torch's advice to load it unsafely is never repeated
 
 
 def test_convert_to_safetensors_round_trip(tmp_path, tiny_checkpoint, test_image):
@@ -139,6 +142,7 @@ def test_convert_to_safetensors_round_trip(tmp_path, tiny_checkpoint, test_image
     assert meta["source_sha256"] == original.weights_sha256
     converted = load_model(out)
     assert converted.config == original.config
+    assert converted.model_id == original.model_id and converted.weights_sha256 != original.weights_sha256
     np.testing.assert_array_equal(
         _outputs(converted, test_image).mask_logits, _outputs(original, test_image).mask_logits
     )

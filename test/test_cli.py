@@ -64,7 +64,7 @@ def test_segment_writes_overlays_masks_and_summary(files: dict[str, Path], tmp_p
     assert summary["image_size"] == [72, 96] and summary["levels"] == [1, 3, 6]
     assert summary["postprocess"] == {"iou_threshold": -1.0, "dedupe_iou": 0.95, "hole_area": 100,
                                       "island_area": 100, "sort": "score", "keep_best_when_none": True}
-    assert summary["model_id"].endswith(hashlib.sha256(files["ckpt"].read_bytes()).hexdigest()[:12])
+    assert summary["model_id"] == semsam_ros.load_model(files["ckpt"]).model_id
     assert [p.get("point") for p in summary["prompts"]] == [[30.0, 20.0], [80.5, 60.0], None]
     assert summary["prompts"][2]["box"] == [5.0, 5.0, 60.0, 40.0]
     # the same prompts through the Python API
@@ -145,6 +145,11 @@ def test_info_and_convert(files: dict[str, Path], tmp_path: Path, capsys: pytest
     (["info", "{junk}"], 1, "not a readable PyTorch checkpoint"),
     (["convert", "{ckpt}", "{root}/out.pth"], 1, "must be a .safetensors file"),
     (["convert", "{junk}", "{root}/out.safetensors"], 1, "not a readable PyTorch checkpoint"),
+    (["convert", "{ckpt}", "{root}/missing/out.safetensors"], 1, "the folder"),
+    (["segment", "{image}", "--point", "1,1", "--input-size", "100000"], 1, "parameter max_long_side"),
+    (["segment", "{image}", "--point", "1,1", "--max-image-pixels", "100"], 1, "parameter max_image_pixels"),
+    (["segment", "{image}", "--point", "1,1", "--out", "{image}/sub", "--checkpoint", "{junk}"], 1,
+     "is not a writable folder"),
     (["download", "swinx"], 2, "invalid choice: 'swinx'"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
 ])

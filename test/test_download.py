@@ -11,7 +11,7 @@ import pytest
 
 from semsam_ros import download, resources
 from semsam_ros.cli import main
-from semsam_ros.download import DownloadError, download_checkpoint, pinned_sha256
+from semsam_ros.download import DownloadError, download_checkpoint, pinned
 
 PAYLOAD = bytes(range(256)) * 4000 + b"tail"  # ~1 MB, not a multiple of the read chunk
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -30,7 +30,7 @@ class Server:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.ranges.append(self.headers.get("Range"))
-                if self.path != "/ckpt.pth":
+                if self.path not in ("/ckpt.pth", f"/{FILE}"):
                     self.send_error(404)
                     return
                 start = 0
@@ -62,8 +62,11 @@ class Server:
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     s = Server()
+    # the local test server speaks plain http; the release URL points at it for the trust-on-first-use tests
+    monkeypatch.setattr(download, "SCHEMES", ("https", "http"))
+    monkeypatch.setitem(download.RELEASE_URLS, "swint", s.url.replace("ckpt.pth", FILE))
     thread = threading.Thread(target=s.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield s
@@ -71,14 +74,40 @@ def server() -> Iterator[Server]:
     s.httpd.server_close()
 
 
-def test_fresh_download_records_an_unpinned_digest(server: Server, tmp_path: Path) -> None:
-    path, digest, pinned = download_checkpoint("swint", tmp_path, url=server.url, progress=False)
-    assert path == tmp_path / FILE and path.read_bytes() == PAYLOAD and digest == SHA and not pinned
-    assert (tmp_path / f"{FILE}.sha256").read_text() == f"{SHA}  {FILE}\n"
+def test_first_download_is_recorded_and_checked_on_every_later_use(server: Server, tmp_path: Path) -> None:
+    path, digest, how = download_checkpoint("swint", tmp_path, progress=False)
+    assert path == tmp_path / FILE and path.read_bytes() == PAYLOAD and digest == SHA and how == "first use"
+    assert (tmp_path / f"{FILE}.sha256").read_text() == f"{SHA}  {FILE}  {len(PAYLOAD)}\n"
     assert not (tmp_path / f"{FILE}.part").exists() and server.ranges == [None]
-    # a second call reuses the file without any request
-    assert download_checkpoint("swint", tmp_path, url=server.url, progress=False) == (path, SHA, False)
+    # a second call checks the file against the record, without any request
+    assert download_checkpoint("swint", tmp_path, progress=False) == (path, SHA, "recorded")
     assert server.ranges == [None]
+    path.write_bytes(PAYLOAD[:-1] + b"X")  # changed in the cache: deleted, never used
+    with pytest.raises(DownloadError, match="sha256 mismatch .* deleted, never used"):
+        download_checkpoint("swint", tmp_path, progress=False)
+    assert not path.exists() and server.ranges == [None]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("file:///etc/passwd", "only https:// URLs"),
+    ("ftp://example.com/x.pth", "only https:// URLs"),
+    ("https://example.com/x.pth", "needs --sha256"),
+    ("/etc/hostname", "needs --sha256"),
+])
+def test_sources_are_https_or_explicit_paths_with_a_digest(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(DownloadError, match=message):
+        download_checkpoint("swinl", tmp_path / "cache", url=url, progress=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_local_file_is_copied_and_verified(tmp_path: Path) -> None:
+    src = tmp_path / "mine.pth"
+    src.write_bytes(PAYLOAD)
+    path, digest, how = download_checkpoint("swinl", tmp_path / "c", url=str(src), sha256=SHA, progress=False)
+    assert path.read_bytes() == PAYLOAD and (digest, how) == (SHA, "given")
+    with pytest.raises(DownloadError, match="mismatch"):
+        download_checkpoint("swinl", tmp_path / "d", url=str(src), sha256="0" * 64, progress=False)
+    assert list((tmp_path / "d").iterdir()) == []
 
 
 def test_resumes_from_the_part_file(server: Server, tmp_path: Path) -> None:
@@ -123,20 +152,21 @@ def test_stale_file_with_a_wrong_digest_is_fetched_again(server: Server, tmp_pat
 
 def test_http_and_connection_errors(server: Server, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="HTTP 404"):
-        download_checkpoint("swint", tmp_path, url=server.url.replace("ckpt", "nothing"), progress=False)
+        download_checkpoint("swint", tmp_path, url=server.url.replace("ckpt", "nothing"), sha256=SHA,
+                            progress=False)
     with pytest.raises(DownloadError, match="failed"):
-        download_checkpoint("swint", tmp_path, url="http://127.0.0.1:9/ckpt.pth", progress=False)
+        download_checkpoint("swint", tmp_path, url="http://127.0.0.1:9/ckpt.pth", sha256=SHA, progress=False)
     with pytest.raises(DownloadError, match="unknown checkpoint"):
         download_checkpoint("swinx", tmp_path)
 
 
 def test_pins_and_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert pinned_sha256("swint") is None  # models/checkpoints.yaml: not pinned yet
+    assert pinned("swint") == (None, None)  # models/checkpoints.yaml: not pinned yet
     pins = tmp_path / "models" / "checkpoints.yaml"
     pins.parent.mkdir()
-    pins.write_text(f"swint:\n  file: {FILE}\n  sha256: {SHA}\nswinl:\n  sha256: null\n")
+    pins.write_text(f"swint:\n  file: {FILE}\n  sha256: {SHA}\n  size: 7\nswinl:\n  sha256: null\n")
     monkeypatch.setattr(resources, "share_dirs", lambda: [tmp_path / "absent", tmp_path])
-    assert pinned_sha256("swint") == SHA and pinned_sha256("swinl") is None
+    assert pinned("swint") == (SHA, 7) and pinned("swinl") == (None, None)
     monkeypatch.setenv("SEMSAM_CACHE", str(tmp_path / "env"))
     assert download.cache_dir() == tmp_path / "env" and download.cache_dir(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("SEMSAM_CACHE")
@@ -146,13 +176,15 @@ def test_pins_and_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_cli_download(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                       capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SEMSAM_CACHE", str(tmp_path / "cache"))
-    assert main(["download", "swint", "--url", server.url, "-q"]) == 0
+    assert main(["download", "swint", "-q"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == [str(tmp_path / "cache" / FILE),
-                   f"sha256 {SHA} (no pinned value to verify against; recorded in {FILE}.sha256)"]
+    assert out[0] == str(tmp_path / "cache" / FILE) and out[1].startswith(f"sha256 {SHA} (nothing pinned")
+    assert f"trusted on first use and recorded in {FILE}.sha256" in out[1]
+    assert main(["download", "swint", "--url", "file:///etc/passwd", "--sha256", SHA, "-q"]) == 1
+    assert "refused file:///etc/passwd" in capsys.readouterr().err
     assert main(["download", "swint", "--url", server.url, "--cache-dir", str(tmp_path / "c2"), "--sha256", SHA,
                  "-q"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == f"sha256 {SHA} (verified)"
+    assert capsys.readouterr().out.splitlines()[1] == f"sha256 {SHA} (verified: given)"
     assert main(["download", "swint", "--url", server.url, "--cache-dir", str(tmp_path / "c3"),
                  "--sha256", "f" * 64, "-q"]) == 1
     err = capsys.readouterr().err

@@ -9,6 +9,13 @@ from semsam_ros.geometry import CameraModel, depth_to_meters, project_point
 K = np.array([[500.0, 0.0, 320.0], [0.0, 505.0, 240.0], [0.0, 0.0, 1.0]])
 
 
+DISTORTIONS = pytest.mark.parametrize("d, model", [
+    ([-0.28, 0.07, 0.001, -0.0005, 0.0], "plumb_bob"),
+    ([0.35, -0.1, 0.0008, 0.0004, 0.01, 0.7, -0.05, 0.02], "rational_polynomial"),
+    ([0.05, -0.01, 0.003, -0.001], "equidistant"),
+])
+
+
 def camera_info(d=(), model="plumb_bob", width=640, height=480):
     """An object shaped like sensor_msgs/CameraInfo (ROS 2 field names)."""
     p = np.zeros((3, 4))
@@ -117,11 +124,7 @@ def test_radtan_forward_matches_the_formula():
     np.testing.assert_allclose([got[0][0], got[1][0]], [xd, yd], rtol=1e-12)
 
 
-@pytest.mark.parametrize("d, model", [
-    ([-0.28, 0.07, 0.001, -0.0005, 0.0], "plumb_bob"),
-    ([0.35, -0.1, 0.0008, 0.0004, 0.01, 0.7, -0.05, 0.02], "rational_polynomial"),
-    ([0.05, -0.01, 0.003, -0.001], "equidistant"),
-])
+@DISTORTIONS
 def test_every_pixel_ray_projects_back_to_its_pixel(d, model):
     cam = CameraModel(K, 640, 480, d=d, distortion_model=model)
     rays = cam.rays
@@ -166,3 +169,51 @@ def test_project_point_with_distortion_round_trips_a_pixel_and_rejects_fold_back
         project_point([1.5, 0.0, 1.0], folding)
     assert folding.ray_valid is not None and not folding.ray_valid[0, 0] and folding.ray_valid[240, 320]
     assert folding.max_radius == pytest.approx(1 / np.sqrt(1.05), abs=0.02)
+
+
+# -- points only, cached cameras, hostile camera infos --------------------------------------------------------------
+
+@DISTORTIONS
+def test_single_points_undistort_as_the_full_image_map(d, model):
+    cam = CameraModel(K, 640, 480, d=d, distortion_model=model)
+    v, u = np.mgrid[0:480, 0:640].astype(np.float64)  # the whole-image map, in one Newton solve
+    ki = np.linalg.inv(K)
+    x, y, ok = cam.undistort(ki[0, 0] * u + ki[0, 2], ki[1, 1] * v + ki[1, 2])
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, [640, 480], size=(50, 2))
+    rays, valid = cam.pixel_rays(pick)
+    np.testing.assert_array_equal(valid, ok[pick[:, 1], pick[:, 0]])
+    np.testing.assert_allclose(rays[valid, 0], x[pick[valid, 1], pick[valid, 0]], atol=1e-9)
+    np.testing.assert_allclose(rays[valid, 1], y[pick[valid, 1], pick[valid, 0]], atol=1e-9)
+    clicks = rng.uniform(0, [639, 479], size=(20, 2))  # sub-pixel clicks project back onto themselves
+    rays, valid = cam.pixel_rays(clicks)
+    np.testing.assert_allclose(cam.project(rays[valid] * 2.5), clicks[valid], atol=1e-6)
+    assert cam._rays is None  # nothing per image was built
+
+
+def test_a_click_on_a_4k_camera_needs_no_image_map():
+    info = camera_info(d=[-0.28, 0.07, 0.001, -0.0005, 0.0], width=4096, height=3072)
+    info.k = [2000.0, 0, 2048, 0, 2000.0, 1536, 0, 0, 1]
+    cam = CameraModel.from_camera_info(info)
+    u, v = project_point([0.1, -0.05, 2.0], cam)
+    assert 0 <= u < 4096 and 0 <= v < 3072 and cam._rays is None
+    assert CameraModel.from_camera_info(SimpleNamespace(**vars(info))) is cam  # same content, same maps
+    assert CameraModel.from_camera_info(camera_info(d=[-0.2, 0.07, 0.001, -0.0005, 0.0])) is not cam
+
+
+@pytest.mark.parametrize("change, cause", [
+    ({"width": 10**9, "height": 10**9}, "too_large"),
+    ({"width": 0}, "malformed"),
+    ({"k": [float("nan")] * 9}, "bad_camera_info"),
+    ({"k": [1.0, 2.0]}, "bad_camera_info"),
+    ({"d": [float("inf"), 0, 0, 0, 0]}, "bad_camera_info"),
+    ({"width": "wide"}, "bad_camera_info"),
+])
+def test_hostile_camera_infos_are_rejected_by_cause(change, cause):
+    from semsam_ros.limits import InputRejected
+
+    info = camera_info(d=[0.1, 0, 0, 0, 0])
+    vars(info).update(change)
+    with pytest.raises(InputRejected) as err:
+        CameraModel.from_camera_info(info)
+    assert err.value.cause == cause

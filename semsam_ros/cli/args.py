@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from semsam_ros.inference.options import ModelOptions
-from semsam_ros.types import BACKENDS, LEVELS, PRECISIONS
+from semsam_ros.types import BACKENDS, DEFAULT_MAX_LONG_SIDE, LEVELS, PRECISIONS
 
 
 class UserError(Exception):
@@ -51,12 +51,16 @@ def parse_levels(text: str) -> tuple[int, ...]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, --config, --device, --input-size, --backend, --precision (read by :func:`model_options`)."""
+    """--checkpoint, --config, --device, --input-size, --max-long-side, --backend, --precision (read by
+    :func:`model_options`)."""
     parser.add_argument("--checkpoint", required=True, help="official .pth or converted .safetensors")
     parser.add_argument("--config", help="swint, swinl or an official YAML (default: read from the checkpoint)")
     parser.add_argument("--device", default="auto",
                         help="torch device, e.g. cpu, cuda or cuda:1; auto: cuda when available (default: auto)")
     parser.add_argument("--input-size", type=int, default=640, help="short side the model sees (default: 640)")
+    parser.add_argument("--max-long-side", type=int, default=DEFAULT_MAX_LONG_SIDE,
+                        help="refuse images whose long side at --input-size would exceed this "
+                             f"(extreme aspect ratios; default: {DEFAULT_MAX_LONG_SIDE})")
     parser.add_argument("--backend", choices=BACKENDS, default="eager",
                         help="how the model runs (default: eager); tensorrt engines are cached, see docs/deployment.md")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(default: fp32)")
@@ -64,7 +68,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> ModelOptions:
     """The ModelOptions of the :func:`add_model_arguments` options."""
-    return ModelOptions(args.checkpoint, args.config, args.device, args.input_size, args.backend, args.precision)
+    return ModelOptions(args.checkpoint, args.config, args.device, args.input_size, args.backend, args.precision,
+                        max_long_side=args.max_long_side)
 
 
 def device(args: argparse.Namespace) -> Any:

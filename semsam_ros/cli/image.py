@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -15,20 +16,39 @@ from semsam_ros.cli.semantics import (
     add_semantics_arguments, annotate_segments, check_semantics, load_labeller, match_record, semantic_fields,
     text_caption,
 )
-from semsam_ros.types import LEVELS
+from semsam_ros.limits import InputRejected, check_long_side
+from semsam_ros.ros.images import decode_file, pixels_to_rgb
+from semsam_ros.types import DEFAULT_MAX_IMAGE_PIXELS, LEVELS
 
 
-def read_image(path: str) -> np.ndarray:
-    """HxWx3 uint8 RGB of an image file (EXIF orientation not applied, alpha dropped, as the official code)."""
-    from PIL import Image, UnidentifiedImageError
-
+def read_image(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """HxWx3 uint8 RGB of an image file (EXIF orientation not applied, alpha dropped, as the official code; 16-bit
+    scaled down by 256 as the node does); its size is checked from the header before decoding."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+        with open(path, "rb") as fp:
+            return pixels_to_rgb(decode_file(fp, f"image {path}", max_pixels=max_pixels))
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+    except (InputRejected, OSError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def read_checked_image(args: argparse.Namespace) -> np.ndarray:
+    """The image of ``args`` once it fits --max-image-pixels and --max-long-side (before the model is loaded)."""
+    image = read_image(args.image, args.max_image_pixels)
+    try:
+        check_long_side(*image.shape[:2], args.input_size, args.max_long_side)
+    except InputRejected as exc:
+        raise UserError(str(exc)) from None
+    return image
+
+
+def check_out_dir(path: Path) -> None:
+    """UserError unless ``path`` is a folder or can be created as one (checked before the model loads; nothing is
+    created)."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the output folder {path}: {existing} is not a writable folder")
 
 
 def make_out_dir(path: Path) -> None:
@@ -37,11 +57,23 @@ def make_out_dir(path: Path) -> None:
     except OSError as exc:
         raise UserError(f"cannot create the output folder {path}: {exc}") from None
 
+def write_json(path: Path, data: Any, **options: Any) -> None:
+    """``data`` as strict JSON (never a bare NaN or Infinity); UserError naming the likely cause otherwise."""
+    try:
+        text = json.dumps(data, allow_nan=False, **options)
+    except ValueError:
+        raise UserError(f"{path.name}: the model produced non-finite scores (NaN or inf); the checkpoint is "
+                        "probably broken, nothing was written") from None
+    path.write_text(text, encoding="utf-8")
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--levels", type=parse_levels, default=LEVELS,
                         help="granularity levels, 1 (coarse) .. 6 (fine), e.g. 1,3,6 (default: all)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help=f"refuse larger images, read from the header (default: {DEFAULT_MAX_IMAGE_PIXELS})")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 def _steps(total: int, desc: str, quiet: bool) -> Any:
@@ -81,7 +113,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from semsam_ros.inference.predictor import prompts_to_boxes
     from semsam_ros.viz.render import render_level_grid, render_overlay
 
-    image = read_image(args.image)
+    image = read_checked_image(args)
     if not args.point and not args.box:
         raise UserError("give at least one prompt: --point X,Y or --box X0,Y0,X1,Y1")
     height, width = image.shape[:2]
@@ -89,6 +121,7 @@ def run_segment(args: argparse.Namespace) -> int:
         prompts_to_boxes(args.point or None, args.box or None, height, width)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    check_out_dir(args.out)
     params = PostprocessParams(iou_threshold=args.iou_threshold, dedupe_iou=args.dedupe_iou,
                                hole_area=args.hole_area, island_area=args.island_area, sort=args.sort)
     vocabulary = check_semantics(args)
@@ -151,7 +184,7 @@ def run_segment(args: argparse.Namespace) -> int:
             overlay = render_overlay(image, selected, points=args.point, boxes=args.box, captions=captions)
             Image.fromarray(overlay).save(args.out / "text_overlay.png")
             summary["text"] = {"query": args.text, "top_k": args.text_top_k, "overlay": "text_overlay.png"}
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_json(args.out / "summary.json", summary, indent=2)
         bar.update()
     kept = sum(len(p["segments"]) for p in prompts)
     print(f"{len(prompts)} prompt(s), {kept} mask(s) kept; wrote {args.out / 'summary.json'}")
@@ -188,8 +221,9 @@ def run_auto(args: argparse.Namespace) -> int:
     from semsam_ros.viz.render import render_overlay
     from semsam_ros.types import make_segment
 
-    image = read_image(args.image)
+    image = read_checked_image(args)
     vocabulary = check_semantics(args)
+    check_out_dir(args.out)
     with _steps(1 + (vocabulary is not None), "semsam auto: load model", args.quiet) as bar:
         labeller = None
         if vocabulary is not None:
@@ -236,7 +270,7 @@ def run_auto(args: argparse.Namespace) -> int:
                         "matches": [match_record(c) for c in chosen]}
         written.append(args.out / "text_overlay.png")
         best = coco["text"]["matches"][0] if chosen else None
-    (args.out / "masks.json").write_text(json.dumps(coco), encoding="utf-8")
+    write_json(args.out / "masks.json", coco)
     print(f"{len(records)} mask(s); wrote {' and '.join(str(w) for w in written)}")
     if args.text is not None:
         found = (f"mask {best['id']}, level {best['level']} ({best['label']}), score {best['score']:.3f}" if best

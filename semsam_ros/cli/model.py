@@ -41,6 +41,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
     if not args.dst.endswith(".safetensors"):
         raise UserError(f"the output must be a .safetensors file, got {args.dst}")
+    if not Path(args.dst).absolute().parent.is_dir():
+        raise UserError(f"cannot write {args.dst}: the folder {Path(args.dst).parent} does not exist")
     try:
         dst = convert_checkpoint(args.src, args.dst, args.config)
     except (CheckpointError, ValueError) as exc:
@@ -54,8 +56,10 @@ def run_convert(args: argparse.Namespace) -> int:
 def add_download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=("swint", "swinl"), help="which release checkpoint")
     parser.add_argument("--cache-dir", help="download folder (default: $SEMSAM_CACHE or ~/.cache/semsam_ros)")
-    parser.add_argument("--url", help="download from this URL (a mirror) instead of the GitHub release")
-    parser.add_argument("--sha256", help="expected sha256 (default: the one pinned in models/checkpoints.yaml)")
+    parser.add_argument("--url", help="an https mirror or a local file path instead of the GitHub release "
+                                      "(needs --sha256)")
+    parser.add_argument("--sha256", help="expected sha256 (default: the one pinned in models/checkpoints.yaml, "
+                                         "else the one recorded at the first download)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -63,15 +67,16 @@ def run_download(args: argparse.Namespace) -> int:
     from semsam_ros.download import DownloadError, download_checkpoint
 
     try:
-        path, digest, pinned = download_checkpoint(args.name, args.cache_dir, args.url, args.sha256,
-                                                   progress=not args.quiet)
+        path, digest, how = download_checkpoint(args.name, args.cache_dir, args.url, args.sha256,
+                                                progress=not args.quiet)
     except DownloadError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot write to the cache folder: {exc}") from None
     print(path)
-    if pinned:
-        print(f"sha256 {digest} (verified)")
+    if how == "first use":
+        print(f"sha256 {digest} (nothing pinned to verify against: trusted on first use and recorded in "
+              f"{path.name}.sha256; compare it with a value you trust)")
     else:
-        print(f"sha256 {digest} (no pinned value to verify against; recorded in {path.name}.sha256)")
+        print(f"sha256 {digest} (verified: {how})")
     return 0

@@ -5,18 +5,31 @@ covers u in [-0.5, 0.5)). Normalised coordinates (x, y) = (X/Z, Y/Z) in the came
 y down, z forward). Supported distortion models: ``plumb_bob`` and ``rational_polynomial`` (radial-tangential,
 up to 8 coefficients k1 k2 p1 p2 k3 k4 k5 k6) and ``equidistant`` (fisheye, k1..k4). Any other model with
 non-zero coefficients is ignored with a warning.
+
+Nothing here works on the whole image unless asked: clicks undistort or project only their own points, the ray map
+of every pixel (for 3D) is built once per camera, in row blocks, and :meth:`CameraModel.from_camera_info` returns
+the same model for the same CameraInfo content, so its maps are built once per camera, not once per frame.
 """
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
+
+from semsam_ros.limits import InputRejected, check_pixels
+from semsam_ros.types import DEFAULT_MAX_IMAGE_PIXELS
 
 RADTAN_MODELS = ("plumb_bob", "rational_polynomial")
 EQUIDISTANT = "equidistant"
 _NEWTON_ITERATIONS = 20
 _CONVERGED = 1e-9  # residual in normalised units (~1e-6 px at f = 1000 px)
+_ROW_BLOCK = 256  # rows undistorted at once when the ray map is built (bounds its temporary memory)
+_CACHE_SIZE = 8  # cameras remembered by from_camera_info
+_cache: OrderedDict[tuple, CameraModel] = OrderedDict()
+_cache_lock = threading.Lock()
 
 
 class CameraModel:
@@ -30,15 +43,21 @@ class CameraModel:
         d: Sequence[float] = (),
         distortion_model: str = "plumb_bob",
     ) -> None:
-        self.k = np.asarray(k, dtype=np.float64).reshape(3, 3)
-        if not (self.k[0, 0] > 0 and self.k[1, 1] > 0 and self.k[2, 2] == 1.0 and self.k[1, 0] == 0
-                and self.k[2, 0] == 0 and self.k[2, 1] == 0):
-            raise ValueError(f"K must be upper triangular with fx, fy > 0 and K[2][2] == 1, got {self.k.tolist()}")
+        self.k = np.asarray(k, dtype=np.float64).ravel()
+        if self.k.size != 9:
+            raise InputRejected(f"K must have 9 values, got {self.k.size}", "bad_camera_info")
+        self.k = self.k.reshape(3, 3)
+        if not (np.isfinite(self.k).all() and self.k[0, 0] > 0 and self.k[1, 1] > 0 and self.k[2, 2] == 1.0
+                and self.k[1, 0] == 0 and self.k[2, 0] == 0 and self.k[2, 1] == 0):
+            raise InputRejected(f"K must be finite, upper triangular with fx, fy > 0 and K[2][2] == 1, got "
+                                f"{self.k.tolist()}", "bad_camera_info")
         self.width = int(width)
         self.height = int(height)
         if self.width <= 0 or self.height <= 0:
-            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+            raise InputRejected(f"image size must be positive, got {self.width}x{self.height}", "bad_camera_info")
         self.d = np.asarray(d, dtype=np.float64).ravel()
+        if not np.isfinite(self.d).all():
+            raise InputRejected(f"distortion coefficients must be finite, got {self.d.tolist()}", "bad_camera_info")
         self.distortion_model = distortion_model
         self._coeffs = self._distortion_coefficients()
         self._k_inv = np.linalg.inv(self.k)
@@ -47,15 +66,39 @@ class CameraModel:
         self._max_radius = float("nan")
 
     @classmethod
-    def from_camera_info(cls, msg: Any, rectified: bool = False) -> "CameraModel":
+    def from_camera_info(
+        cls, msg: Any, rectified: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ) -> "CameraModel":
         """From a sensor_msgs/CameraInfo (any object with k, d, distortion_model, width, height; p if rectified).
 
         ``rectified=True`` is for images that were already undistorted (``image_rect``): the model is then
-        P[:3, :3] without distortion, as image_proc defines it.
+        P[:3, :3] without distortion, as image_proc defines it. A camera larger than ``max_pixels`` (no image of
+        it would be accepted) or with malformed values is an InputRejected. The same content gives the same
+        (cached) model, whose pixel maps are then built only once.
         """
+        try:
+            width, height, model = int(msg.width), int(msg.height), str(msg.distortion_model)
+            matrix = np.asarray(msg.p if rectified else msg.k, dtype=np.float64).ravel()
+            d = () if rectified else tuple(np.asarray(msg.d, dtype=np.float64).ravel())
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputRejected(f"malformed CameraInfo: {exc}", "bad_camera_info") from None
+        check_pixels(width, height, "camera", max_pixels)
         if rectified:
-            return cls(np.asarray(msg.p, dtype=np.float64).reshape(3, 4)[:, :3], msg.width, msg.height)
-        return cls(msg.k, msg.width, msg.height, msg.d, msg.distortion_model)
+            if matrix.size != 12:
+                raise InputRejected(f"P must have 12 values, got {matrix.size}", "bad_camera_info")
+            matrix = matrix.reshape(3, 4)[:, :3].ravel()
+        key = (tuple(matrix), d, model, width, height)
+        with _cache_lock:
+            camera = _cache.get(key)
+            if camera is not None:
+                _cache.move_to_end(key)
+                return camera
+        camera = cls(matrix, width, height, d, model)
+        with _cache_lock:
+            _cache[key] = camera
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+        return camera
 
     @property
     def is_distorted(self) -> bool:
@@ -123,18 +166,43 @@ class CameraModel:
             self._build_rays()
         return self._ray_valid
 
-    def _build_rays(self) -> None:
-        v, u = np.mgrid[0 : self.height, 0 : self.width].astype(np.float64)
+    def pixel_rays(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) rays (x, y, 1) of (N, 2) pixels (u, v), undistorted point by point, and whether each is valid
+        (invalid rays are (0, 0, 1)). Costs only the points asked for, not the image."""
+        uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
         ki = self._k_inv
-        xd = ki[0, 0] * u + ki[0, 1] * v + ki[0, 2]
-        yd = ki[1, 1] * v + ki[1, 2]
-        x, y, ok = self.undistort(xd, yd)
+        x, y, ok = self.undistort(ki[0, 0] * uv[:, 0] + ki[0, 1] * uv[:, 1] + ki[0, 2], ki[1, 1] * uv[:, 1] + ki[1, 2])
+        ok = ok & np.isfinite(x) & np.isfinite(y)
+        return np.stack([np.where(ok, x, 0.0), np.where(ok, y, 0.0), np.ones_like(x)], axis=-1), ok
+
+    def _build_rays(self) -> None:
         rays = np.ones((3, self.height, self.width), dtype=np.float32)
-        rays[0] = np.where(ok, x, 0.0)
-        rays[1] = np.where(ok, y, 0.0)
+        valid = np.ones((self.height, self.width), dtype=bool)
+        u = np.arange(self.width, dtype=np.float64)
+        for top in range(0, self.height, _ROW_BLOCK):
+            rows = np.arange(top, min(top + _ROW_BLOCK, self.height), dtype=np.float64)
+            v, uu = np.meshgrid(rows, u, indexing="ij")
+            block, ok = self.pixel_rays(np.stack([uu.ravel(), v.ravel()], axis=-1))
+            rays[:2, top : top + rows.size] = block[:, :2].T.reshape(2, rows.size, self.width)
+            valid[top : top + rows.size] = ok.reshape(rows.size, self.width)
         self._rays = rays
-        self._ray_valid = None if ok.all() else ok
-        self._max_radius = float(np.hypot(rays[0], rays[1])[ok].max()) if ok.any() else 0.0
+        self._ray_valid = None if valid.all() else valid
+
+    def _border_radius(self) -> float:
+        """Largest normalised radius of a valid ray on the image border (where the field of view ends: a
+        distortion that folds over makes the pixels beyond its fold, at the corners, invalid)."""
+        w, h = self.width, self.height
+        u, v = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
+        border = np.concatenate([
+            np.stack([u, np.zeros(w)], -1), np.stack([u, np.full(w, h - 1.0)], -1),
+            np.stack([np.zeros(h), v], -1), np.stack([np.full(h, w - 1.0), v], -1),
+        ])
+        if self._coeffs is not None:  # a fold can end inside the image: add its diagonals
+            t = np.linspace(0.0, 1.0, max(w, h))
+            border = np.concatenate([border, np.stack([t * (w - 1), t * (h - 1)], -1),
+                                     np.stack([t * (w - 1), (1 - t) * (h - 1)], -1)])
+        rays, ok = self.pixel_rays(border)
+        return float(np.hypot(rays[ok, 0], rays[ok, 1]).max()) if ok.any() else 0.0
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(N, 2) pixel (u, v) of (N, 3) camera-frame points, distortion applied; NaN for z <= 0. No bounds check."""
@@ -146,9 +214,10 @@ class CameraModel:
 
     @property
     def max_radius(self) -> float:
-        """Largest normalised radius sqrt(x^2 + y^2) of a valid pixel ray (the field of view of the image)."""
-        if self._rays is None:
-            self._build_rays()
+        """Largest normalised radius sqrt(x^2 + y^2) of a valid pixel ray (the field of view of the image),
+        from the border and diagonals only (computed once)."""
+        if np.isnan(self._max_radius):
+            self._max_radius = self._border_radius()
         return self._max_radius
 
 

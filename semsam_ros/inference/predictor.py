@@ -15,8 +15,9 @@ from PIL import Image
 from torch import Tensor
 
 from ..config import ModelConfig
-from ..types import LEVELS
+from ..limits import check_long_side
 from ..model.pixel_decoder import GN_GROUPS
+from ..types import DEFAULT_MAX_LONG_SIDE, LEVELS
 from ..model.semantic_sam import SemanticSam
 from .backends import Backend, ImageUploader, create_backend
 
@@ -191,6 +192,7 @@ class Predictor:
         backend: str | Backend = "eager",
         precision: str = "fp32",
         cache_dir: str | Path | None = None,
+        max_long_side: int = DEFAULT_MAX_LONG_SIDE,
         input_size: int | None = None,
     ) -> None:
         if input_size is not None:
@@ -208,6 +210,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.short_side = short_side
+        self.max_long_side = max_long_side
         if isinstance(backend, Backend):
             if backend.device.type != self.device.type:
                 raise ValueError(f"the backend runs on {backend.device}, the predictor on {self.device}")
@@ -231,8 +234,10 @@ class Predictor:
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray, image_format: str = "RGB") -> ImageEmbedding:
-        """Run the image encoder on an HxWx3 uint8 image (any size; short side resized to ``short_side``)."""
+        """Run the image encoder on an HxWx3 uint8 image (any size; short side resized to ``short_side``, long side
+        at most ``max_long_side`` after that)."""
         image = to_rgb(image, image_format)
+        check_long_side(*image.shape[:2], self.short_side, self.max_long_side)
         resized = resize_image(image, self.short_side)
         tensor = self._upload(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)
         x = self.model.preprocess(tensor)  # normalised and padded on the device

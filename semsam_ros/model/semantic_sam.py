@@ -73,10 +73,11 @@ class SemanticSam(nn.Module):
         self.weights_sha256 = ""  # sha256 of the checkpoint file the weights came from ("" for random weights)
         self.model_id = cfg.name
 
-    def set_weights_source(self, sha256: str) -> None:
-        """Record the checkpoint file's sha256; ``model_id`` becomes ``<config name>-<first 12 hex digits>``."""
-        self.weights_sha256 = sha256
-        self.model_id = f"{self.config.name}-{sha256[:12]}"
+    def set_weights_source(self, file_sha256: str, weights_sha256: str) -> None:
+        """Record the checkpoint file's sha256 and the hash of the weights themselves; ``model_id`` becomes
+        ``<config name>-<first 12 hex digits of the weights' hash>`` (the same for a .pth and its .safetensors)."""
+        self.weights_sha256 = file_sha256
+        self.model_id = f"{self.config.name}-{weights_sha256[:12]}"
 
     def preprocess(self, image: Tensor) -> Tensor:
         """(3, H, W) uint8 RGB -> (1, 3, Hp, Wp) float32: (x - mean) / std, then zeros bottom/right to /32."""

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from semsam_ros.limits import InputRejected
 from semsam_ros.types import LEVELS, Segment, Segment3D
 from semsam_ros.ros.images import image_to_array, mono_to_image
 from semsam_ros.ros.msgtypes import MessageTypes
@@ -222,19 +223,28 @@ def msg_to_3d(msg: Any) -> list[Any]:
 
 
 def prompt_from_msg(msg: Any) -> PromptRequest:
-    """PromptRequest of a semsam_ros/Prompt; ValueError on a negative id or a level outside 1..6."""
-    if int(msg.prompt_id) < 0:
-        raise ValueError(f"prompt_id must be >= 0 (-1 marks automatic segments), got {msg.prompt_id}")
-    levels = tuple(int(v) for v in msg.levels)
+    """PromptRequest of a semsam_ros/Prompt; InputRejected ("bad_prompt") on a negative id, a level outside 1..6,
+    a non-finite point or box, or fields that are not numbers."""
+    try:
+        prompt_id = int(msg.prompt_id)
+        levels = tuple(int(v) for v in msg.levels)
+        boxes = [(b.x_offset, b.y_offset, b.x_offset + b.width, b.y_offset + b.height) for b in msg.boxes]
+        points = np.array([(p.x, p.y) for p in msg.points], dtype=np.float64).reshape(-1, 2)
+        box_array = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputRejected(f"malformed prompt: {exc}", "bad_prompt") from None
+    if prompt_id < 0:
+        raise InputRejected(f"prompt_id must be >= 0 (-1 marks automatic segments), got {msg.prompt_id}", "bad_prompt")
     if any(level not in LEVELS for level in levels):
-        raise ValueError(f"prompt {msg.prompt_id}: levels must lie in 1..6, got {list(levels)}")
-    boxes = [(b.x_offset, b.y_offset, b.x_offset + b.width, b.y_offset + b.height) for b in msg.boxes]
+        raise InputRejected(f"prompt {prompt_id}: levels must lie in 1..6, got {list(levels)}", "bad_prompt")
+    if not (np.isfinite(points).all() and np.isfinite(box_array).all()):
+        raise InputRejected(f"prompt {prompt_id}: points and boxes must be finite numbers", "bad_prompt")
     return PromptRequest(
-        prompt_id=int(msg.prompt_id),
-        points=np.array([(p.x, p.y) for p in msg.points], dtype=np.float64).reshape(-1, 2),
-        boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4),
+        prompt_id=prompt_id,
+        points=points,
+        boxes=box_array,
         levels=tuple(sorted(set(levels))),
-        text=msg.text,
+        text=str(msg.text),
         sticky=bool(msg.sticky),
         stamp_ns=stamp_to_ns(msg.header.stamp),
         frame_id=msg.header.frame_id,

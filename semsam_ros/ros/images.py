@@ -1,17 +1,21 @@
 """sensor_msgs/Image and CompressedImage <-> numpy, for every common encoding, without cv_bridge.
 
 Works on rclpy and rosbags messages alike (only attributes are read); ``data`` may be numpy, bytes, bytearray,
-memoryview, ``array.array`` or a list. Row padding (``step``) and ``is_bigendian`` are honoured.
+memoryview, ``array.array`` or a list. Row padding (``step``) and ``is_bigendian`` are honoured. Every image is
+checked against ``max_pixels`` before it is decoded or copied (compressed ones from their header); every refusal
+is an :class:`~semsam_ros.limits.InputRejected` with a ``cause``.
 """
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from semsam_ros.geometry.depth import DEPTH_ENCODINGS, MILLIMETRE_ENCODINGS, depth_to_meters
+from semsam_ros.limits import InputRejected, check_pixels
 from semsam_ros.ros.msgtypes import MessageTypes
+from semsam_ros.types import DEFAULT_MAX_IMAGE_PIXELS
 
 # encoding -> (dtype, channels); the YUV 4:2:2 encodings carry 2 bytes per pixel.
 _LAYOUTS: dict[str, tuple[str, int]] = {
@@ -37,11 +41,13 @@ _COMPRESSED = ("jpeg", "png", "<pixfmt>; jpeg compressed <pixfmt>", "<pixfmt>; p
 _COMPRESSED_DEPTH = DEPTH_ENCODINGS + tuple(f"{e}; png compressed" for e in MILLIMETRE_ENCODINGS)
 
 
-class UnsupportedEncodingError(ValueError):
-    """An image encoding (or CompressedImage format) this module cannot convert as asked."""
+class UnsupportedEncodingError(InputRejected):
+    """An image encoding (or CompressedImage format) this module cannot convert as asked; its cause is the
+    encoding itself (counted as ``UnsupportedEncodingError/<encoding>``)."""
 
     def __init__(self, encoding: str, supported: tuple[str, ...]) -> None:
-        super().__init__(f"unsupported image encoding {encoding!r} (supported: {', '.join(supported)})")
+        message = f"unsupported image encoding {encoding!r} (supported: {', '.join(supported)})"
+        super().__init__(message, encoding.strip() or "unsupported_encoding")
         self.encoding = encoding
 
 
@@ -59,7 +65,7 @@ def _bytes_of(data: Any) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-def image_to_array(msg: Any) -> np.ndarray:
+def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Pixels of an Image in its own dtype: HxW (one channel) or HxWxC; YUV 4:2:2 gives HxWx2 raw bytes.
 
     The result is in native byte order and may be a read-only view of ``msg.data``.
@@ -68,19 +74,19 @@ def image_to_array(msg: Any) -> np.ndarray:
     if encoding not in _LAYOUTS:
         raise UnsupportedEncodingError(encoding, tuple(_LAYOUTS))
     height, width = int(msg.height), int(msg.width)
-    if height == 0 or width == 0:
-        raise ValueError(f"empty image ({width}x{height}, encoding {encoding!r})")
+    check_pixels(width, height, f"{encoding} image", max_pixels)
     dtype, channels = _LAYOUTS[encoding]
     row_bytes = width * channels * np.dtype(dtype).itemsize
     step = int(msg.step)
     if step < row_bytes:
-        raise ValueError(f"image step {step} is shorter than a {width}-pixel {encoding} row ({row_bytes} bytes)")
+        raise InputRejected(
+            f"image step {step} is shorter than a {width}-pixel {encoding} row ({row_bytes} bytes)", "malformed")
     buf = _bytes_of(msg.data)
     needed = step * (height - 1) + row_bytes
     if buf.size < needed:
-        raise ValueError(
+        raise InputRejected(
             f"image data too short: {buf.size} bytes for {width}x{height} {encoding} with step {step} "
-            f"(need {needed})"
+            f"(need {needed})", "malformed"
         )
     if step == row_bytes:
         rows = buf[: height * row_bytes].reshape(height, row_bytes)
@@ -96,7 +102,7 @@ def _yuv422_to_rgb(raw: np.ndarray, luma_first: bool) -> np.ndarray:
     """HxWx2 packed 4:2:2 bytes -> HxWx3 RGB (BT.601, video range, as OpenCV converts it)."""
     height, width = raw.shape[:2]
     if width % 2:
-        raise ValueError(f"a YUV 4:2:2 image needs an even width, got {width}")
+        raise InputRejected(f"a YUV 4:2:2 image needs an even width, got {width}", "malformed")
     quads = raw.reshape(height, width // 2, 4).astype(np.float32)
     if luma_first:
         y0, u, y1, v = (quads[..., i] for i in range(4))
@@ -132,44 +138,66 @@ def _codec(fmt: str) -> str:
     return codecs[0]
 
 
-def compressed_to_array(msg: Any) -> np.ndarray:
-    """Decoded pixels of a CompressedImage (jpeg or png): HxW, HxWx3 or HxWx4, uint8 or uint16."""
+_KEPT_MODES = ("L", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")
+
+
+def decode_file(
+    fp: IO[bytes], what: str, formats: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    """Pixels of an encoded image (HxW, HxWx3 or HxWx4; uint8 or uint16), its size checked from the header first.
+
+    ``formats`` are PIL format names (None: any PIL reads). InputRejected "too_large" or "undecodable".
+    """
     from PIL import Image as PILImage
 
-    codec = _codec(msg.format)
-    buf = _bytes_of(msg.data)
-    if buf.size == 0:
-        raise ValueError(f"empty image (CompressedImage {msg.format!r} with no data)")
     try:
-        with PILImage.open(io.BytesIO(buf.tobytes()), formats=[codec]) as img:
-            if img.mode in ("1", "P", "LA", "CMYK", "YCbCr", "PA"):
+        with PILImage.open(fp, formats=formats) as img:  # lazy: reads the header only
+            check_pixels(*img.size, what, max_pixels)
+            if img.mode not in _KEPT_MODES:
                 img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
             pixels = np.asarray(img)
-    except (OSError, SyntaxError) as exc:  # PIL reports undecodable data as OSError (UnidentifiedImageError)
-        raise ValueError(f"cannot decode {codec} CompressedImage ({msg.format!r}): {exc}") from exc
+    except PILImage.DecompressionBombError as exc:
+        raise InputRejected(f"{what}: {exc}", "too_large") from None
+    except (InputRejected, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001  (whatever a codec raises on hostile bytes means "cannot decode")
+        raise InputRejected(f"cannot decode {what}: {type(exc).__name__}: {exc}", "undecodable") from None
     if pixels.dtype.kind in "iu" and pixels.dtype.itemsize > 1:
         pixels = pixels.astype(np.uint16)  # 16-bit PNG: PIL gives int32 ('I') or uint16 ('I;16')
     return pixels
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
-    """HxWx3 uint8 RGB of an Image or CompressedImage (mono16 and 16-bit png are scaled down by 256)."""
-    if is_compressed(msg):
-        pixels = compressed_to_array(msg)
-    else:
-        encoding = msg.encoding.strip()
-        if encoding not in _COLOUR:
-            raise UnsupportedEncodingError(encoding, _COLOUR)
-        pixels = image_to_array(msg)
-        if encoding in _UYVY + _YUYV:
-            return _yuv422_to_rgb(pixels, luma_first=encoding in _YUYV)
-        if encoding.startswith("bgr"):
-            return _pick_channels(pixels, (2, 1, 0))
+def compressed_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decoded pixels of a CompressedImage (jpeg or png): HxW, HxWx3 or HxWx4, uint8 or uint16."""
+    codec = _codec(msg.format)
+    buf = _bytes_of(msg.data)
+    if buf.size == 0:
+        raise InputRejected(f"empty image (CompressedImage {msg.format!r} with no data)", "malformed")
+    return decode_file(io.BytesIO(buf.tobytes()), f"{codec} CompressedImage ({msg.format!r})", [codec], max_pixels)
+
+
+def pixels_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB of decoded pixels (HxW grey, HxWx3 RGB or HxWx4 RGBA; uint16 is scaled down by 256)."""
     if pixels.dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
     if pixels.ndim == 2:
         return _grey_to_rgb(pixels)
     return pixels if pixels.shape[2] == 3 else _pick_channels(pixels, (0, 1, 2))
+
+
+def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """HxWx3 uint8 RGB of an Image or CompressedImage (mono16 and 16-bit png are scaled down by 256)."""
+    if is_compressed(msg):
+        return pixels_to_rgb(compressed_to_array(msg, max_pixels))
+    encoding = msg.encoding.strip()
+    if encoding not in _COLOUR:
+        raise UnsupportedEncodingError(encoding, _COLOUR)
+    pixels = image_to_array(msg, max_pixels)
+    if encoding in _UYVY + _YUYV:
+        return _yuv422_to_rgb(pixels, luma_first=encoding in _YUYV)
+    if encoding.startswith("bgr"):
+        return _pick_channels(pixels, (2, 1, 0))
+    return pixels_to_rgb(pixels)
 
 
 def image_to_depth(msg: Any) -> np.ndarray:
