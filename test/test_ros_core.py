@@ -581,6 +581,19 @@ def test_3d_hook_fills_the_message(types, logs):
 # --- bad input, failures, services, threads ---------------------------------------------------------------------------
 
 
+def test_an_image_over_max_image_pixels_is_rejected_by_cause(types, logs):
+    predictor = FakePredictor()
+    core = make_core(types, logs, predictor=predictor, max_image_pixels=H * W - 1)
+    core.submit_frame(frame(types, SEC))
+    core.submit_prompt(point_prompt())
+    assert core.step() == [] and predictor.encoded == []
+    assert core.errors.counts == {"image/InputRejected/too_large": 1}
+    core.update_params(dataclasses.replace(core.params, max_image_pixels=H * W))  # a parameter of the next frame
+    core.submit_frame(frame(types, 2 * SEC))
+    core.submit_prompt(point_prompt())
+    assert len(core.step()) == 1
+
+
 def test_unsupported_encoding_is_counted_not_fatal(types, logs):
     core = make_core(types, logs)
     core.submit_frame(image_with_encoding(types, SEC, "bayer_rggb8"))

@@ -128,7 +128,7 @@ class FrameProcessor:
         """
         if frame.rgb is None:
             try:
-                frame.rgb = image_to_rgb(frame.image)
+                frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
             except Exception as exc:
                 self.telemetry.report("image", exc)
                 raise
@@ -148,7 +148,7 @@ class FrameProcessor:
         stage = "image"
         try:
             if frame.rgb is None:
-                frame.rgb = image_to_rgb(frame.image)
+                frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
             stage = "inference"
             return self._process(frame, prompts, auto, strict, start)
         except Exception as exc:  # noqa: BLE001  (bad input or a failing model must never kill the node)

@@ -29,7 +29,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
-from tf2_ros import Buffer, TransformException, TransformListener
+from tf2_ros import Buffer, TransformListener
 from visualization_msgs.msg import MarkerArray
 
 from semsam_ros.geometry import CameraModel, project_point
@@ -301,9 +301,12 @@ class SemsamNode(LifecycleNode):
                 timeout=Duration(seconds=TF_TIMEOUT_S),
             )
             point = transform_point(transform.transform, (msg.point.x, msg.point.y, msg.point.z))
-            u, v = project_point(point, CameraModel.from_camera_info(info))
-        except (TransformException, ValueError) as exc:
-            self._core.errors.report(f"click/{type(exc).__name__}", f"clicked point ignored: {exc}")
+            camera = CameraModel.from_camera_info(info, max_pixels=self._core.params.max_image_pixels)
+            u, v = project_point(point, camera)
+        except Exception as exc:  # noqa: BLE001  (no transform, a hostile CameraInfo, MemoryError: never fatal)
+            cause = getattr(exc, "cause", None)
+            self._core.errors.report(f"click/{type(exc).__name__}" + (f"/{cause}" if cause else ""),
+                                     f"clicked point ignored: {exc}")
             return
         self._core.submit_prompt(PromptRequest(
             prompt_id=CLICK_PROMPT_ID, points=np.array([[u, v]]), stamp_ns=stamp_to_ns(msg.header.stamp),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from semsam_ros.types import BACKENDS, LEVELS, PRECISIONS
+from semsam_ros.types import BACKENDS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_LONG_SIDE, LEVELS, PRECISIONS
 
 MODES = ("prompts", "auto", "both")
 VOCABULARY_PARAMS = ("vocabulary", "vocabulary_objects", "vocabulary_parts")
@@ -46,6 +46,12 @@ class NodeParams:
     backend: str = _param("eager", "eager, compile or tensorrt")
     precision: str = _param("fp32", "fp32, fp16 or bf16")
     input_size: int = _param(640, "short side of the image given to the encoder, pixels")
+    max_long_side: int = _param(
+        DEFAULT_MAX_LONG_SIDE, "largest long side of the image given to the encoder, pixels (after the short side is "
+                               "resized to input_size); a wider image is rejected (cause too_long)")
+    max_image_pixels: int = _param(
+        DEFAULT_MAX_IMAGE_PIXELS, "largest image (width x height) decoded, checked from the header before decoding; "
+                                  "larger images and camera_infos are rejected (cause too_large)")
     image_transport: str = _param(
         "raw", "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage on 'image/compressed'")
     use_depth: bool = _param(
@@ -95,6 +101,9 @@ class NodeParams:
         need(self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.input_size >= 32, f"input_size must be >= 32, got {self.input_size}")
+        need(self.max_long_side >= self.input_size,
+             f"max_long_side must be >= input_size ({self.input_size}), got {self.max_long_side}")
+        need(self.max_image_pixels >= 1, f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         need(self.image_transport in ("raw", "compressed"),
              f"image_transport must be raw or compressed, got {self.image_transport!r}")
         need(self.sync_slop > 0, f"sync_slop must be > 0 s, got {self.sync_slop}")

@@ -32,7 +32,7 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
     try:
         predictor, model_id = options.load_predictor(options.ModelOptions(
             params.checkpoint, params.model_config or None, params.device, params.input_size, params.backend,
-            params.precision))
+            params.precision, max_long_side=params.max_long_side))
     except (CheckpointError, OSError) as exc:
         raise ValueError(f"cannot load {params.checkpoint!r}: {exc}") from exc
     except ValueError as exc:  # the device or the size does not fit this model or machine
@@ -57,6 +57,7 @@ class ModelPipeline:
     def __init__(self, params: NodeParams, device: str, want_points: Callable[[], bool] = lambda: False) -> None:
         self.labeller: Any = None
         self._want_points = want_points
+        self._max_pixels = params.max_image_pixels
         if params.semantics:
             from semsam_ros.semantics import RegionLabeller, vocabulary_from
             from semsam_ros.types import DEFAULT_CLIP_MODEL
@@ -109,7 +110,8 @@ class ModelPipeline:
     def measure_3d(self, segments: list[Segment], depth_m: np.ndarray, camera_info: Any) -> list[Segment3D]:
         from semsam_ros.geometry import CameraModel, segments_to_3d
 
-        return segments_to_3d(segments, depth_m, CameraModel.from_camera_info(camera_info),
+        camera = CameraModel.from_camera_info(camera_info, max_pixels=self._max_pixels)
+        return segments_to_3d(segments, depth_m, camera,
                               return_points=self._want_points())
 
     def set_vocabulary(self, file: str, objects: Sequence[str], parts: Sequence[str]) -> bool:
