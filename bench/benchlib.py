@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure the source tree this script belongs to
 
-from semsam_ros.checkpoint import load_model  # noqa: E402
+from semsam_ros.io.checkpoint import load_model  # noqa: E402
 from semsam_ros.config import ModelConfig  # noqa: E402
 from semsam_ros.model.semantic_sam import SemanticSam  # noqa: E402
 from semsam_ros.testing import random_model, tiny_config  # noqa: E402

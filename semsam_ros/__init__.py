@@ -14,7 +14,7 @@ __path__ = extend_path(__path__, __name__)
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "semsam_ros.checkpoint",
+    "load_model": "semsam_ros.io.checkpoint",
     "ModelConfig": "semsam_ros.config",
     "Predictor": "semsam_ros.inference.predictor",
     "Prediction": "semsam_ros.inference.predictor",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_safetensors, to_official_state_dict
+from .io.checkpoint import save_safetensors, to_official_state_dict
 from .config import ModelConfig
 from .model.semantic_sam import SemanticSam
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semsam_ros.checkpoint import load_model
+from semsam_ros.io.checkpoint import load_model
 from semsam_ros.inference.predictor import Predictor
 from semsam_ros.testing import make_tiny_checkpoint
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from semsam_ros.checkpoint import (
+from semsam_ros.io.checkpoint import (
     CheckpointError,
     checkpoint_info,
     convert_checkpoint,
@@ -20,7 +20,7 @@ from semsam_ros.checkpoint import (
     to_official_state_dict,
 )
 from semsam_ros.config import ModelConfig
-from semsam_ros.hashing import tensors_sha256
+from semsam_ros.io.hashing import tensors_sha256
 from semsam_ros.inference.predictor import Predictor
 from semsam_ros.model.semantic_sam import SemanticSam
 from semsam_ros.testing import make_tiny_checkpoint, random_model, tiny_config

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import semsam_ros
-from semsam_ros.checkpoint import count_parameters
+from semsam_ros.io.checkpoint import count_parameters
 from semsam_ros.cli import main
 from semsam_ros.inference.options import resolve_device
 from semsam_ros.inference.postprocess import PostprocessParams, postprocess_prompt, rle_to_mask

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from semsam_ros import download, resources
+from semsam_ros.io import download, resources
 from semsam_ros.cli import main
-from semsam_ros.download import DownloadError, download_checkpoint, pinned
+from semsam_ros.io.download import DownloadError, download_checkpoint, pinned
 
 PAYLOAD = bytes(range(256)) * 4000 + b"tail"  # ~1 MB, not a multiple of the read chunk
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semsam_ros.checkpoint import CheckpointError
+from semsam_ros.io.checkpoint import CheckpointError
 from semsam_ros.cli.image import read_image
 from semsam_ros.inference.options import ModelOptions, load_predictor
 from semsam_ros.inference.predictor import Predictor

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from semsam_ros.checkpoint import load_model
+from semsam_ros.io.checkpoint import load_model
 from semsam_ros.types import LEVEL_TO_TOKEN, LEVELS
 from semsam_ros.inference.predictor import Predictor
 from semsam_ros.model.prompt_decoder import memory_shapes

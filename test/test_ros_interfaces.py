@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from semsam_ros.resources import share_dirs  # noqa: E402
+from semsam_ros.io.resources import share_dirs  # noqa: E402
 from semsam_ros.ros.typestore import find_interface_dir, interface_types, make_typestore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

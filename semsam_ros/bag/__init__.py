@@ -3,9 +3,9 @@
 ``process_bag`` reads a rosbag2 (sqlite3 or mcap), copies every message into a new bag and adds, for each
 processed frame of the chosen image topics, a semsam_ros/SegmentArray, an overlay image and, with depth, the 3D
 outputs. Every added message carries the frame's header exactly and is written at the frame's bag time. Frames go
-through ``NodeCore.process`` with the node's own hooks (``ros.pipeline.build_hooks``). Prompts come from a YAML
-file, from a recorded Prompt topic (answered on the frame nearest their stamp, sticky ones on the later frames
-too), or from automatic mode. See docs/bag.md.
+through the node's ``FrameProcessor`` and ``ModelPipeline``, and their messages come from ``ros.outputs``. Prompts
+come from a YAML file, from a recorded Prompt topic (answered on the frame nearest their stamp, sticky ones on the
+later frames too), or from automatic mode. See docs/bag.md.
 
 rosbags, PIL and scipy are imported when a bag is read. This package never imports the command line.
 """

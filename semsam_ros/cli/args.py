@@ -84,7 +84,7 @@ def device(args: argparse.Namespace) -> Any:
 
 def load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
     """(Predictor, model id) for the :func:`add_model_arguments` options; UserError when they are wrong."""
-    from semsam_ros.checkpoint import CheckpointError
+    from semsam_ros.io.checkpoint import CheckpointError
     from semsam_ros.inference import options
     from semsam_ros.inference.backends import BackendError
 

@@ -112,7 +112,7 @@ def _print_table(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semsam_ros.checkpoint import CheckpointError, load_model
+    from semsam_ros.io.checkpoint import CheckpointError, load_model
     from semsam_ros.inference.backends import BackendError, create_backend
     from semsam_ros.inference.backends.accuracy import AccuracyError
 

@@ -14,7 +14,7 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from semsam_ros.checkpoint import CheckpointError, checkpoint_info
+    from semsam_ros.io.checkpoint import CheckpointError, checkpoint_info
 
     try:
         info = checkpoint_info(args.checkpoint)
@@ -36,8 +36,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from semsam_ros.checkpoint import CheckpointError, convert_checkpoint
-    from semsam_ros.hashing import file_sha256
+    from semsam_ros.io.checkpoint import CheckpointError, convert_checkpoint
+    from semsam_ros.io.hashing import file_sha256
 
     if not args.dst.endswith(".safetensors"):
         raise UserError(f"the output must be a .safetensors file, got {args.dst}")
@@ -64,7 +64,7 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from semsam_ros.download import DownloadError, download_checkpoint
+    from semsam_ros.io.download import DownloadError, download_checkpoint
 
     try:
         path, digest, how = download_checkpoint(args.name, args.cache_dir, args.url, args.sha256,

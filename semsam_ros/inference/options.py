@@ -44,7 +44,7 @@ def resolve_device(name: str) -> Any:
 def load_predictor(options: ModelOptions) -> tuple[Predictor, str]:
     """(Predictor, model id) for ``options``. ValueError for a bad device or size, CheckpointError for unusable
     weights, BackendError when the backend cannot run here."""
-    from semsam_ros.checkpoint import load_model
+    from semsam_ros.io.checkpoint import load_model
     from semsam_ros.inference.predictor import MIN_SHORT_SIDE, Predictor
     from semsam_ros.limits import check_long_side
 
@@ -65,7 +65,7 @@ def check_finite_outputs(predictor: Predictor, size: int = 128) -> None:
     gives finite logits and scores: a broken checkpoint is refused at load, not found in the first output."""
     import torch
 
-    from semsam_ros.checkpoint import CheckpointError
+    from semsam_ros.io.checkpoint import CheckpointError
 
     model = predictor.model
     bad = [name for name, tensor in model.state_dict().items()

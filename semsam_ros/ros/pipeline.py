@@ -25,7 +25,7 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
     camera's own size on its first frame, or loaded from the engine cache when ``semsam build-engine`` prebuilt
     them, so a robot never compiles at launch.
     """
-    from semsam_ros.checkpoint import CheckpointError
+    from semsam_ros.io.checkpoint import CheckpointError
 
     if not params.checkpoint:
         raise ValueError("no checkpoint given (parameter 'checkpoint')")

@@ -15,7 +15,7 @@ from typing import Any
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from semsam_ros.resources import PACKAGE, find_data_file
+from semsam_ros.io.resources import PACKAGE, find_data_file
 from semsam_ros.ros.msgtypes import MessageTypes
 
 STORES = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY}

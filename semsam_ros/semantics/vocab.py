@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from semsam_ros.resources import find_data_file
+from semsam_ros.io.resources import find_data_file
 
 VOCABULARY_FILE = "vocabulary.yaml"
 

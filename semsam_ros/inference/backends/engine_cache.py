@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from ...hashing import file_sha256
+from ...io.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ def share_dirs() -> list[Path]:
     The source checkout (editable installs, tests), then ``share/semsam_ros`` of the colcon install (found
     through the ament index), of the Python prefix and of the user base (``pip install``).
     """
-    dirs = [Path(__file__).resolve().parents[1]]
+    dirs = [Path(__file__).resolve().parents[2]]
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         if prefix and (Path(prefix) / "share/ament_index/resource_index/packages" / PACKAGE).is_file():
             dirs.append(Path(prefix) / "share" / PACKAGE)

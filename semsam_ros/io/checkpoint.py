@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import ModelConfig, resolve_config
+from ..config import ModelConfig, resolve_config
 from .hashing import file_sha256, tensors_sha256
-from .model.semantic_sam import SemanticSam
+from ..model.semantic_sam import SemanticSam
 
 FORMAT_NAME = "semsam_ros"
 FORMAT_VERSION = "1"

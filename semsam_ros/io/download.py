@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from semsam_ros.hashing import file_sha256
-from semsam_ros.resources import find_data_file
+from semsam_ros.io.hashing import file_sha256
+from semsam_ros.io.resources import find_data_file
 
 RELEASE_URLS: dict[str, str] = {
     "swint": "https://github.com/UX-Decoder/Semantic-SAM/releases/download/checkpoint/swint_only_sam_many2many.pth",
