@@ -55,8 +55,8 @@ def surface_inliers(
     The grids of several masks are stacked along the rows of one canvas, each followed by a row without nodes and
     with a column without nodes first and last; ``groups`` (H,) gives each canvas row's grid (-1: none) and
     ``jump`` (H,) its relative depth jump. In each grid, regions with at least ``keep_fraction`` of the valid
-    pixels of its largest one are kept. Pixels sit at even positions of a twice-as-fine image, links between them
-    at odd ones. A mask pixel without depth takes the depth of the last valid pixel to its left in the row, so
+    pixels of its largest one are kept. Where some neighbours are not linked, pixels sit at even positions of a
+    twice-as-fine image, links between them at odd ones. A mask pixel without depth takes the depth of the last valid pixel to its left in the row, so
     holes bridge rather than cut a surface; regions are sized by their valid pixels only.
     """
     h, w = valid.shape
@@ -66,12 +66,16 @@ def surface_inliers(
     nodes = mask & valid[rows, last]
     zn = np.where(nodes, z[rows, last], np.nan)
     limit = np.log1p(jump)[:, None]
-    links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
-    links[::2, ::2] = nodes
-    links[::2, 1::2] = _linked(zn, 1, limit)
-    links[1::2, ::2] = _linked(zn, 0, limit[:-1])
-    labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
-    pixel_labels = labels[::2, ::2]
+    across, down = _linked(zn, 1, limit), _linked(zn, 0, limit[:-1])  # a link implies its two nodes
+    if (across < (nodes[:, :-1] & nodes[:, 1:])).any() or (down < (nodes[:-1] & nodes[1:])).any():
+        links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
+        links[::2, ::2] = nodes
+        links[::2, 1::2] = across
+        links[1::2, ::2] = down
+        labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
+        pixel_labels = labels[::2, ::2]
+    else:  # no neighbours unlinked: the regions are those of the nodes
+        pixel_labels, n = ndimage.label(nodes, structure=_FOUR_NEIGHBOURS)
     valid_labels = pixel_labels[valid]
     sizes = np.bincount(valid_labels, minlength=n + 1)
     sizes[0] = 0
@@ -137,21 +141,21 @@ def boundary_pixels(
     y = grid.row_image[node_r]
     x = grid.x0[g] + node_c * step  # node_c: the grid column (the canvas has one column more on the left)
     dr, dc = _SIDES[0][side], _SIDES[1][side]
-    k = np.arange(1, int(step.max()))
-    rows = np.minimum(np.maximum(y[:, None] + dr[:, None] * k, grid.y0[g][:, None]), grid.y1[g][:, None] - 1)
-    cols = np.minimum(np.maximum(x[:, None] + dc[:, None] * k, grid.x0[g][:, None]), grid.x1[g][:, None] - 1)
-    image = rows * width + cols
     node = y * width + x
-    back_flat = np.where(back, node - (dr * width + dc) * step, node)
-    z_back = np.where(back, np.take(depth, back_flat), np.nan)[:, None]
-    keep = _on_surface(np.take(depth, image), np.take(depth, node)[:, None], z_back, k, step[:, None],
-                       tolerance[g][:, None])
-    keep &= k < step[:, None]
+    z_back = np.where(back, np.take(depth, np.where(back, node - (dr * width + dc) * step, node)), np.nan)
+    probe = np.repeat(np.arange(g.size), step - 1)  # pixels 1 .. step - 1 beyond each node
+    k = np.arange(probe.size) - np.repeat(np.cumsum(step - 1) - (step - 1), step - 1) + 1
+    g = g[probe]
+    rows = np.minimum(np.maximum(y[probe] + dr[probe] * k, grid.y0[g]), grid.y1[g] - 1)
+    cols = np.minimum(np.maximum(x[probe] + dc[probe] * k, grid.x0[g]), grid.x1[g] - 1)
+    image = rows * width + cols
+    keep = _on_surface(np.take(depth, image), np.take(depth, node)[probe], z_back[probe], k, step[probe],
+                       tolerance[g])
     keep &= np.take(valid, image)
     bounds = np.flatnonzero(np.diff(g)) + 1
     for s, e in zip(np.r_[0, bounds], np.r_[bounds, g.size]):  # in the mask
         keep[s:e] &= np.take(grid.masks[g[s]], image[s:e])
-    return image[keep], np.broadcast_to(g[:, None], keep.shape)[keep]
+    return image[keep], g[keep]
 
 
 _SIDES = (np.array([-1, 1, 0, 0]), np.array([0, 0, -1, 1]))  # row and column direction of up, down, left, right
