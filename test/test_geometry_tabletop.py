@@ -79,6 +79,20 @@ def test_top_face_at_grazing_angles_is_whole(elevation):
         assert angle_deg(m.axis, rot[:, 0]) < 3.0 and angle_deg(m.grasp_normal, up) < 0.5
 
 
+@pytest.mark.parametrize("distance", [0.3, 1.0, 3.0])
+@pytest.mark.parametrize("elevation", [15, 30, 45, 60])
+def test_normal_at_the_centroid_is_one_face_of_the_box(elevation, distance):
+    """The centroid of a box seen from above lies near the edge between its top and a side: its normal is the
+    normal of one face, not a blend (a plane fit across the edge was 6-40 degrees off)."""
+    right, forward, up = gs.table_frame(elevation)
+    rot = np.column_stack([right, forward, up]) @ gs.rotation([0.0, 0.0, 1.0], np.radians(30.0))
+    depth, mask = tabletop("box", elevation, distance)
+    m = mask_to_3d(mask, depth, CAM)
+    assert min(angle_deg(m.normal, face) for face in rot.T) < 0.5
+    if elevation >= 45:
+        assert angle_deg(m.normal, up) < 0.5 and m.normal @ up > 0  # the top face
+
+
 def test_silhouette_against_the_wall_is_still_cut():
     """A box 0.5 m before a wall, its mask 2 px too large: the wall pixels are not part of its box."""
     depth, label = gs.compose(gs.hit_box(RAYS, np.array([0.0, 0.0, 1.0]), np.eye(3), HALF),

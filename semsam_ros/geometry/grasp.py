@@ -1,73 +1,88 @@
-"""A grasp point that lies on the object: the most interior inlier pixel of a mask and its one-face normal."""
+"""Points on the object and one-face normals: the most interior inlier pixel of each mask (the grasp point) and
+a plane fit that stays on one face (the grasp normal and the normal at the robust centroid)."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
+from semsam_ros.geometry.grids import SampleGrids
+
 MIN_HALF_WINDOW, MAX_HALF_WINDOW = 2, 12  # pixels of the one-sided windows the normal is fitted to
+CENTRED_RESIDUAL = 2.0  # the centred window is on one face unless its residual is this many times the best one's
+_RESIDUAL_FLOOR = 1e-10  # m^2: residuals below (10 um)^2 are noise-free, all alike
+_OFFSETS = np.arange(-MAX_HALF_WINDOW, MAX_HALF_WINDOW + 1)
+_DR, _DC = np.repeat(_OFFSETS, _OFFSETS.size), np.tile(_OFFSETS, _OFFSETS.size)  # the largest window, row-major
+_QUADRANTS = np.stack([(_DR <= 0) & (_DC <= 0), (_DR <= 0) & (_DC >= 0), (_DR >= 0) & (_DC <= 0),
+                       (_DR >= 0) & (_DC >= 0)])  # (4, window): the windows with the pixel at a corner
 
 
-class Grasp(NamedTuple):
-    """Image pixel (x, y), its 3D point and the unit normal of the face it lies on (towards the camera)."""
-
-    pixel: np.ndarray
-    point: np.ndarray
-    normal: np.ndarray
+def first_per_group(values: np.ndarray, group: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Index of the first smallest value of each group of consecutive elements (groups start at ``starts``)."""
+    hit = np.flatnonzero(values == np.minimum.reduceat(values, starts)[group])
+    return hit[np.r_[True, group[hit[1:]] != group[hit[:-1]]]]
 
 
-def grasp_pixel(mask: np.ndarray, inliers: np.ndarray, step: int) -> tuple[int, int, float]:
-    """(row, col, distance to the mask's outside in pixels) of the most interior inlier of a mask crop.
+def interior_pixels(
+    grids: SampleGrids, rows: np.ndarray, cols: np.ndarray, group: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index (into ``rows``, ``cols``) of the most interior inlier of each grid, and every inlier's distance to
+    its mask's outside in image pixels.
 
-    ``inliers`` is the step-``step`` grid of inliers of ``mask``. Among the inliers at most one grid step less
-    interior than the best, the one nearest the mask's mean pixel wins (a plateau, e.g. a strip's midline, gives
-    its middle, not its end).
+    ``rows``, ``cols`` are the canvas positions of the inliers, grouped by grid (``group``, starting at
+    ``starts``). Among the inliers at most one grid step less interior than the best, the one nearest the mask's
+    mean grid pixel wins (a plateau, e.g. a strip's midline, gives its middle, not its end).
     """
-    grid = np.pad(mask[::step, ::step], 1)
-    inside = ndimage.distance_transform_edt(grid)[1:-1, 1:-1] * step
-    rows, cols = np.nonzero(inliers)
-    depth = inside[rows, cols]
-    near = depth >= depth.max() - step
-    mr, mc = np.nonzero(grid[1:-1, 1:-1])
-    d2 = (rows - mr.mean()) ** 2 + (cols - mc.mean()) ** 2
-    best = np.flatnonzero(near)[np.argmin(d2[near])]
-    return int(rows[best]) * step, int(cols[best]) * step, float(depth[best])
+    step = grids.steps[group]
+    depth = ndimage.distance_transform_edt(grids.mask)[rows, cols] * step
+    near = depth >= np.maximum.reduceat(depth, starts)[group] - step
+    mask_rows, mask_cols = np.nonzero(grids.mask)
+    mask_group = grids.row_group[mask_rows]
+    n = np.bincount(mask_group, minlength=len(starts))
+    mean_r = np.bincount(mask_group, weights=mask_rows - grids.offsets[mask_group], minlength=len(starts)) / n
+    mean_c = np.bincount(mask_group, weights=mask_cols - 1, minlength=len(starts)) / n
+    d2 = (rows - grids.offsets[group] - mean_r[group]) ** 2 + (cols - 1 - mean_c[group]) ** 2
+    return first_per_group(np.where(near, d2, np.inf), group, starts), depth
 
 
-def face_normal(rays: np.ndarray, z: np.ndarray, sel: np.ndarray, row: int, col: int, reach: float) -> np.ndarray:
-    """Unit normal at crop pixel (row, col) from a plane fit that stays on one face.
+def face_normals(
+    grids: SampleGrids, rays: np.ndarray, depth: np.ndarray, valid: np.ndarray, flat: np.ndarray,
+    group: np.ndarray, reach: np.ndarray,
+) -> np.ndarray:
+    """(K, 3) unit normals at image pixels ``flat`` of masks ``group``, each from a plane fit on one face.
 
-    ``rays`` (3, h, w) and depths ``z`` (h, w) of a crop give its points, valid where ``sel``. Planes are fitted to the four
-    square windows that have the pixel at a corner (half-size from ``reach``, its distance to the mask's outside);
-    the one with the smallest mean squared residual is on one face. Oriented towards the camera.
+    ``rays`` (3, H * W), ``depth`` and ``valid`` (valid depth) are flat images. Planes are fitted to the mask's
+    valid pixels (in its crop) of the four square windows that have the pixel at a corner (half-size h from
+    ``reach``, its distance to the mask's outside) and of the window of half-size h / 2 centred on it. The corner
+    window with the smallest mean squared residual is on one face; the centred one (the normal at the pixel
+    itself, not beside it: curved surfaces) is taken unless its residual is more than ``CENTRED_RESIDUAL`` times
+    that, i.e. unless it straddles an edge. Oriented towards the camera; NaN when no window has 6 points.
     """
-    h, w = sel.shape
-    half = int(np.clip(math.floor(reach / math.sqrt(2)), MIN_HALF_WINDOW, MAX_HALF_WINDOW))
-    r0, r1, c0, c1 = max(row - half, 0), min(row + half + 1, h), max(col - half, 0), min(col + half + 1, w)
-    keep = sel[r0:r1, c0:c1]
-    p = (rays[:, r0:r1, c0:c1] * z[r0:r1, c0:c1]).astype(np.float64)
-    rr, cc = np.nonzero(keep)
-    rr, cc, p = rr + r0, cc + c0, p[:, keep]
-    quadrants = np.stack([(rr <= row) & (cc <= col), (rr <= row) & (cc >= col), (rr >= row) & (cc <= col),
-                          (rr >= row) & (cc >= col)]).astype(np.float64)  # (4, N)
-    n = quadrants.sum(axis=1)
-    if n.max() < 6:
-        return np.full(3, np.nan)
-    weights = quadrants / np.maximum(n, 1)[:, None]
-    mean = weights @ p.T  # (4, 3)
-    cov = np.einsum("qn,in,jn->qij", weights, p, p) - mean[:, :, None] * mean[:, None, :]
-    values, vectors = np.linalg.eigh(cov)
-    values[:, 0][n < 6] = np.inf
-    best = vectors[np.argmin(values[:, 0]), :, 0]
-    return -best if best @ rays[:, row, col] > 0 else best
-
-
-def grasp_of(mask: np.ndarray, sel: np.ndarray, inliers: np.ndarray, step: int, rays: np.ndarray, z: np.ndarray,
-             x0: int, y0: int) -> Grasp:
-    """The grasp of a mask crop at image offset (x0, y0); ``rays`` and ``z`` as for ``face_normal``."""
-    row, col, reach = grasp_pixel(mask, inliers, step)
-    normal = face_normal(rays, z, sel, row, col, reach)
-    point = rays[:, row, col].astype(np.float64) * float(z[row, col])
-    return Grasp(np.array([col + x0, row + y0], dtype=np.float64), point, normal)
+    width = grids.width
+    half = np.clip(np.floor(reach / math.sqrt(2)), MIN_HALF_WINDOW, MAX_HALF_WINDOW)[:, None]
+    r, c = (flat // width)[:, None] + _DR, (flat % width)[:, None] + _DC
+    keep = (np.abs(_DR) <= half) & (np.abs(_DC) <= half)
+    keep &= (r >= grids.y0[group][:, None]) & (r < grids.y1[group][:, None])
+    keep &= (c >= grids.x0[group][:, None]) & (c < grids.x1[group][:, None])
+    window = np.where(keep, r * width + c, flat[:, None])
+    keep &= np.take(valid, window)
+    for k, g in enumerate(group):
+        keep[k] &= np.take(grids.masks[g], window[k])
+    centre = np.take(rays, flat, axis=1).astype(np.float64) * np.take(depth, flat)
+    p = np.take(rays, window, axis=1) * np.take(depth, window)  # (3, K, window)
+    p = np.where(keep, p - centre[:, :, None], 0.0).transpose(1, 2, 0)  # (K, window, 3), about the pixel
+    centred = keep & (np.abs(_DR) <= half // 2) & (np.abs(_DC) <= half // 2)
+    weights = np.concatenate([keep[:, None, :] & _QUADRANTS, centred[:, None, :]], axis=1).astype(np.float64)
+    n = weights.sum(axis=2)
+    weights /= np.maximum(n, 1)[:, :, None]
+    mean = weights @ p
+    second = weights @ (p[:, :, :, None] * p[:, :, None, :]).reshape(*p.shape[:2], 9)
+    values, vectors = np.linalg.eigh(second.reshape(*n.shape, 3, 3) - mean[..., :, None] * mean[..., None, :])
+    residual = np.where(n < 6, np.inf, values[..., 0])  # (K, 5): four corner windows, then the centred one
+    best = np.argmin(residual[:, :4], axis=1)
+    k = np.arange(flat.size)
+    best[residual[:, 4] <= CENTRED_RESIDUAL * residual[k, best] + _RESIDUAL_FLOOR] = 4
+    normal = vectors[k, best, :, 0]
+    normal[n.max(axis=1) < 6] = np.nan
+    return np.where((np.einsum("ki,ik->k", normal, centre) > 0)[:, None], -normal, normal)

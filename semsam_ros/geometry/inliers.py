@@ -7,11 +7,13 @@ object's silhouette against the wall, a mixed pixel between them) is a step unli
 """
 from __future__ import annotations
 
-import math
-from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from semsam_ros.geometry.grids import SampleGrids
 
 SLOPE_TOLERANCE = 0.25
 """Largest change between successive inverse-depth steps, relative to the step, on one surface."""
@@ -31,48 +33,57 @@ def _continues(d: np.ndarray, tol: float) -> np.ndarray:
     return before | after
 
 
-def _linked(z: np.ndarray, axis: int, jump: float) -> np.ndarray:
-    """Links between neighbours along ``axis`` of depth ``z`` (NaN: not a node): small jump or surface-following."""
-    log_z = np.log(z)
-    with np.errstate(invalid="ignore"):
+def _linked(z: np.ndarray, axis: int, limit: np.ndarray) -> np.ndarray:
+    """Links between neighbours along ``axis`` of depth ``z`` (NaN: not a node): small jump (|log z step| <=
+    ``limit``, broadcast against the steps) or surface-following."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_z = np.log(z)
         step = np.abs(np.diff(log_z, axis=axis))
-        small = step <= math.log1p(jump)  # |dz| <= jump * min(z1, z2)
-        if not (step > math.log1p(jump)).any():
+        small = step <= limit  # |dz| <= jump * min(z1, z2)
+        if not (step > limit).any():
             return small
     w = np.moveaxis(1.0 / z, axis, -1)
     return small | np.moveaxis(_continues(np.diff(w, axis=-1), SLOPE_TOLERANCE), -1, axis)
 
 
 def surface_inliers(
-    mask: np.ndarray, valid: np.ndarray, z: np.ndarray, jump: float, keep_fraction: float, holes: bool
+    mask: np.ndarray, valid: np.ndarray, z: np.ndarray, jump: np.ndarray, keep_fraction: float,
+    groups: np.ndarray, n_groups: int,
 ) -> np.ndarray:
-    """Valid pixels of a grid in its large surface-connected regions (4-neighbours linked by ``_linked``).
+    """Valid pixels of sample grids in their large surface-connected regions (4-neighbours linked by ``_linked``).
 
-    Regions with at least ``keep_fraction`` of the valid pixels of the largest one are kept. Pixels sit at even
-    positions of a twice-as-fine image, links between them at odd ones. A mask pixel without depth (``holes``)
-    takes the depth of the last valid pixel to its left in the row, so holes bridge rather than cut a surface;
-    regions are sized by their valid pixels only.
+    The grids of several masks are stacked along the rows of one canvas, each followed by a row without nodes and
+    with a column without nodes first and last; ``groups`` (H,) gives each canvas row's grid (-1: none) and
+    ``jump`` (H,) its relative depth jump. In each grid, regions with at least ``keep_fraction`` of the valid
+    pixels of its largest one are kept. Where some neighbours are not linked, pixels sit at even positions of a
+    twice-as-fine image, links between them at odd ones. A mask pixel without depth takes the depth of the last valid pixel to its left in the row, so
+    holes bridge rather than cut a surface; regions are sized by their valid pixels only.
     """
     h, w = valid.shape
-    nodes = valid
-    if holes:
-        rows = np.arange(h)[:, None]
-        last = np.where(valid, np.arange(w), 0)
-        np.maximum.accumulate(last, axis=1, out=last)
-        nodes = mask & valid[rows, last]
-        z = z[rows, last]
-    zn = np.where(nodes, z, np.nan)
-    links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
-    links[::2, ::2] = nodes
-    links[::2, 1::2] = _linked(zn, 1, jump)
-    links[1::2, ::2] = _linked(zn, 0, jump)
-    labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
-    if n == 1:
-        return valid
-    pixel_labels = labels[::2, ::2]
-    sizes = np.bincount(pixel_labels[valid], minlength=n + 1)
+    rows = np.arange(h)[:, None]
+    last = np.where(valid, np.arange(w), 0)
+    np.maximum.accumulate(last, axis=1, out=last)
+    nodes = mask & valid[rows, last]
+    zn = np.where(nodes, z[rows, last], np.nan)
+    limit = np.log1p(jump)[:, None]
+    across, down = _linked(zn, 1, limit), _linked(zn, 0, limit[:-1])  # a link implies its two nodes
+    if (across < (nodes[:, :-1] & nodes[:, 1:])).any() or (down < (nodes[:-1] & nodes[1:])).any():
+        links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
+        links[::2, ::2] = nodes
+        links[::2, 1::2] = across
+        links[1::2, ::2] = down
+        labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
+        pixel_labels = labels[::2, ::2]
+    else:  # no neighbours unlinked: the regions are those of the nodes
+        pixel_labels, n = ndimage.label(nodes, structure=_FOUR_NEIGHBOURS)
+    valid_labels = pixel_labels[valid]
+    sizes = np.bincount(valid_labels, minlength=n + 1)
     sizes[0] = 0
-    return (sizes >= max(keep_fraction * sizes.max(), 1))[pixel_labels] & valid
+    label_group = np.zeros(n + 1, dtype=np.intp)
+    label_group[valid_labels] = np.broadcast_to(groups[:, None], valid.shape)[valid]
+    largest = np.zeros(n_groups, dtype=sizes.dtype)
+    np.maximum.at(largest, label_group, sizes)
+    return (sizes >= np.maximum(keep_fraction * largest[label_group], 1))[pixel_labels] & valid
 
 
 def _on_surface(z: np.ndarray, z_node: np.ndarray, z_back: np.ndarray, k: np.ndarray, step: int,
@@ -105,38 +116,46 @@ def full_resolution_inliers(
 
 
 def boundary_pixels(
-    sel: np.ndarray, depth_m: np.ndarray, x0: int, y0: int, inliers: np.ndarray, step: int, tolerance: float
-) -> np.ndarray:
-    """Image (flat) indices of the valid pixels up to step - 1 beyond a grid inlier, towards each of its 4 grid
-    neighbours that is not an inlier, kept when on the inlier's surface (``_on_surface``).
+    inliers: np.ndarray, grid: "SampleGrids", depth: np.ndarray, valid: np.ndarray, tolerance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image (flat) indices, and their grid, of the valid pixels up to step - 1 beyond a grid inlier, towards
+    each of its 4 grid neighbours that is not an inlier, kept when on the inlier's surface (``_on_surface``).
 
-    ``sel`` is the crop at (x0, y0) of valid mask pixels, ``inliers`` its step-``step`` grid of inliers; the grid
-    misses up to step - 1 pixels at each side of a mask, these restore the extents.
+    ``inliers`` is the canvas of ``grid`` (``SampleGrids``); ``depth`` and ``valid`` (valid depth) are flat
+    images, ``tolerance`` the relative depth tolerance of each grid. A step-s grid misses up to s - 1 pixels at
+    each side of a mask; these restore the extents.
     """
-    h, w = sel.shape
-    width = depth_m.shape[1]
-    padded = np.zeros((inliers.shape[0] + 2, inliers.shape[1] + 2), dtype=bool)
-    padded[1:-1, 1:-1] = inliers
-    neighbours = np.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
-    side, node_r, node_c = np.nonzero(inliers > neighbours)  # inliers whose up, down, left, right one is not
-    back = np.stack([padded[2:, 1:-1], padded[:-2, 1:-1], padded[1:-1, 2:], padded[1:-1, :-2]])[side, node_r, node_c]
-    node_r *= step
-    node_c *= step
-    dr, dc = _probe_offsets(step)
-    rows = np.minimum(np.maximum(node_r[:, None] + dr[side], 0), h - 1)
-    cols = np.minimum(np.maximum(node_c[:, None] + dc[side], 0), w - 1)
-    image = (rows + y0) * width + (cols + x0)
-    node = (node_r + y0) * width + (node_c + x0)
-    back_flat = np.where(back, node - (dr[side, 0] * width + dc[side, 0]) * step, node)
-    z_back = np.where(back, np.take(depth_m, back_flat), np.nan)[:, None]
-    on = _on_surface(np.take(depth_m, image), np.take(depth_m, node)[:, None], z_back, np.arange(1, step), step,
-                     tolerance)
-    return image[np.take(sel, rows * w + cols) & on]
+    width = grid.width
+    inner = inliers[1:-1, None, 1:-1]
+    up, down, left, right = inliers[:-2, 1:-1], inliers[2:, 1:-1], inliers[1:-1, :-2], inliers[1:-1, 2:]
+    node_r, side, node_c = np.nonzero(inner > np.stack([up, down, left, right], axis=1))  # grouped by canvas row
+    back = np.stack([down, up, right, left], axis=1)[node_r, side, node_c]
+    node_r += 1
+    g = grid.row_group[node_r]
+    step = grid.steps[g]
+    coarse = step > 1
+    node_r, node_c, side, back, g, step = node_r[coarse], node_c[coarse], side[coarse], back[coarse], g[coarse], \
+        step[coarse]
+    if g.size == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    y = grid.row_image[node_r]
+    x = grid.x0[g] + node_c * step  # node_c: the grid column (the canvas has one column more on the left)
+    dr, dc = _SIDES[0][side], _SIDES[1][side]
+    node = y * width + x
+    z_back = np.where(back, np.take(depth, np.where(back, node - (dr * width + dc) * step, node)), np.nan)
+    probe = np.repeat(np.arange(g.size), step - 1)  # pixels 1 .. step - 1 beyond each node
+    k = np.arange(probe.size) - np.repeat(np.cumsum(step - 1) - (step - 1), step - 1) + 1
+    g = g[probe]
+    rows = np.minimum(np.maximum(y[probe] + dr[probe] * k, grid.y0[g]), grid.y1[g] - 1)
+    cols = np.minimum(np.maximum(x[probe] + dc[probe] * k, grid.x0[g]), grid.x1[g] - 1)
+    image = rows * width + cols
+    keep = _on_surface(np.take(depth, image), np.take(depth, node)[probe], z_back[probe], k, step[probe],
+                       tolerance[g])
+    keep &= np.take(valid, image)
+    bounds = np.flatnonzero(np.diff(g)) + 1
+    for s, e in zip(np.r_[0, bounds], np.r_[bounds, g.size]):  # in the mask
+        keep[s:e] &= np.take(grid.masks[g[s]], image[s:e])
+    return image[keep], g[keep]
 
 
-@lru_cache(maxsize=64)
-def _probe_offsets(step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(4, step - 1) row and column offsets of the pixels 1..step-1 up, down, left and right of a grid node."""
-    k = np.arange(1, step)
-    zero = np.zeros_like(k)
-    return np.stack([-k, k, zero, zero]), np.stack([zero, zero, -k, k])
+_SIDES = (np.array([-1, 1, 0, 0]), np.array([0, 0, -1, 1]))  # row and column direction of up, down, left, right

@@ -13,7 +13,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from semsam_ros.geometry.camera import CameraModel
-from semsam_ros.geometry.grasp import Grasp, grasp_of
+from semsam_ros.geometry.grasp import face_normals, first_per_group, interior_pixels
+from semsam_ros.geometry.grids import stack_grids
 from semsam_ros.geometry.inliers import boundary_pixels, full_resolution_inliers, surface_inliers
 from semsam_ros.types import mask_bbox
 
@@ -21,8 +22,6 @@ DEFAULT_MIN_POINTS = 30
 DEFAULT_MAX_POINTS = 1024
 DEFAULT_DEPTH_JUMP = 0.05
 DEFAULT_KEEP_FRACTION = 0.25
-_NORMAL_FRACTION = 0.1  # share of the inliers nearest the centroid that the normal is fitted to
-_NORMAL_MIN, _NORMAL_MAX = 20, 200
 _NAN3 = np.full(3, np.nan)
 
 
@@ -108,22 +107,12 @@ class _Options(NamedTuple):
     return_points: bool = False
 
 
-class _Sample(NamedTuple):
-    """Inlier points of one mask: grid sample (3, N), extra extent points (3, M), counts, grasp, full-res points."""
-
-    p: np.ndarray
-    extent: np.ndarray
-    count: int
-    ratio: float
-    grasp: Grasp
-    points: np.ndarray | None
-
-
 def _masks_to_3d(
     masks: Sequence[np.ndarray], bboxes: Sequence[Sequence[int] | None], depth_m: np.ndarray,
     camera: CameraModel, options: _Options,
 ) -> list[Mask3D]:
-    """Sample every mask, then fit all samples at once (the per-mask numpy call overhead dominates)."""
+    """Crop and count every mask, then sample, reject outliers and fit all of them at once (per-mask numpy calls
+    would dominate: the grids share one canvas, the fits one batch)."""
     depth_m = np.asarray(depth_m)
     if depth_m.dtype.kind != "f":
         raise ValueError(f"depth_m must be floating-point metres, got {depth_m.dtype}: convert with depth_to_meters")
@@ -133,58 +122,132 @@ def _masks_to_3d(
             "depth must be registered to the image, nothing is resized"
         )
     depth_m = np.ascontiguousarray(depth_m)
-    samples = [_sample(np.asarray(m, dtype=bool), b, depth_m, camera, options) for m, b in zip(masks, bboxes)]
-    fitted = iter(_fit_batch([s for s in samples if isinstance(s, _Sample)]))
-    return [next(fitted) if isinstance(s, _Sample) else s for s in samples]
-
-
-def _sample(
-    mask: np.ndarray, bbox: Sequence[int] | None, depth_m: np.ndarray, camera: CameraModel, options: _Options
-) -> _Sample | Mask3D:
-    """The inlier points of one mask, or its "no 3D" result."""
-    if mask.shape != depth_m.shape:
-        raise ValueError(
-            f"mask {mask.shape[::-1]} and depth {depth_m.shape[::-1]} must have the same size: depth must be "
-            "registered to the image, nothing is resized"
-        )
-    x0, y0, x1, y1 = mask_bbox(mask) if bbox is None else (int(b) for b in bbox)
-    m = mask[y0:y1, x0:x1]
-    z = depth_m[y0:y1, x0:x1]
-    area = int(np.count_nonzero(m))
-    if area == 0:
-        return _no_3d(0, 0.0)
-    sel = m & (z > 0) & (z < np.inf)  # NaN fails both
+    valid = depth_m > 0
+    valid &= depth_m < np.inf  # NaN fails both
     if camera.ray_valid is not None:
-        sel &= camera.ray_valid[y0:y1, x0:x1]
-    count = int(np.count_nonzero(sel))
-    ratio = count / area
-    if count < max(options.min_points, 4):
-        return _no_3d(count, ratio)
-    step = 1 if options.max_points is None else max(1, math.ceil(math.sqrt(count / options.max_points)))
-    inliers = surface_inliers(m[::step, ::step], sel[::step, ::step], z[::step, ::step],
-                              options.depth_jump * step, options.keep_fraction, holes=count < area)
-    width = camera.width
-    rows, cols = np.nonzero(inliers)
-    if rows.size < 4:
-        return _no_3d(count, ratio)
-    flat = (rows * step + y0) * width + (cols * step + x0)  # image pixel indices of the inliers
-    if step > 1:  # inliers on the step grid; the boundary pixels restore the extents it misses
-        extent = _gather(camera, depth_m, boundary_pixels(sel, depth_m, x0, y0, inliers, step,
-                                                           options.depth_jump * step))
+        valid &= camera.ray_valid
+    results: list[Mask3D | None] = [None] * len(masks)
+    chosen: list[tuple[int, np.ndarray, tuple[int, int, int, int], int, np.ndarray, int, float]] = []
+    for i, (mask, bbox) in enumerate(zip(masks, bboxes)):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != depth_m.shape:
+            raise ValueError(
+                f"mask {mask.shape[::-1]} and depth {depth_m.shape[::-1]} must have the same size: depth must be "
+                "registered to the image, nothing is resized"
+            )
+        x0, y0, x1, y1 = mask_bbox(mask) if bbox is None else (int(b) for b in bbox)
+        m = mask[y0:y1, x0:x1]
+        area = int(np.count_nonzero(m))
+        if area == 0:
+            results[i] = _no_3d(0, 0.0)
+            continue
+        sel = m & valid[y0:y1, x0:x1]
+        count = int(np.count_nonzero(sel))
+        if count < max(options.min_points, 4):
+            results[i] = _no_3d(count, count / area)
+            continue
+        step = 1 if options.max_points is None else max(1, math.ceil(math.sqrt(count / options.max_points)))
+        chosen.append((i, mask, (x0, y0, x1, y1), step, sel, count, count / area))
+    while chosen:
+        fitted = _describe(chosen, depth_m, valid, camera, options)
+        if all(f is not None for f in fitted):
+            for c, f in zip(chosen, fitted):
+                results[c[0]] = f
+            break
+        for c, f in zip(chosen, fitted):  # too few inliers: no 3D; the others do not depend on them
+            if f is None:
+                results[c[0]] = _no_3d(c[5], c[6])
+        chosen = [c for c, f in zip(chosen, fitted) if f is not None]
+    return results  # type: ignore[return-value]
+
+
+def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, valid: np.ndarray, camera: CameraModel,
+              options: _Options) -> list[Mask3D | None]:
+    """The 3D of each chosen mask (``_masks_to_3d``), None where fewer than 4 inliers remain."""
+    count = len(chosen)
+    grids = stack_grids([c[1] for c in chosen], [c[2] for c in chosen], [c[3] for c in chosen],
+                        [c[4] for c in chosen], depth_m)
+    jump = options.depth_jump * grids.steps
+    inliers = surface_inliers(grids.mask, grids.valid, grids.z, np.where(grids.row_group >= 0, jump[grids.row_group],
+                              1.0), options.keep_fraction, grids.row_group, count)
+    rows, cols = np.nonzero(inliers)  # grouped by grid, each in its own row-major order
+    group = grids.row_group[rows]
+    sizes = np.bincount(group, minlength=count)
+    if sizes.min() < 4:
+        return [None if n < 4 else _NOT_DONE for n in sizes]
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    width = grids.width
+    flat = grids.row_image[rows] * width + grids.x0[group] + (cols - 1) * grids.steps[group]
+    depth = depth_m.reshape(-1)
+    valid = valid.reshape(-1)
+    rays = camera.rays.reshape(3, -1)
+    p = np.take(rays, flat, axis=1) * np.take(depth, flat)  # the inliers on the step grids
+    if grids.steps.max() > 1:  # the boundary pixels restore the extents the grids miss
+        extent, extent_group = boundary_pixels(inliers, grids, depth, valid, jump)
     else:
-        extent = np.zeros((3, 0), np.float32)
-    rays = camera.rays[:, y0:y1, x0:x1]
-    grasp = grasp_of(m, sel, inliers, step, rays, z, x0, y0)
-    points = None
-    if options.return_points:  # never used for the statistics: they do not depend on it
-        full = full_resolution_inliers(sel, z, inliers, step, options.depth_jump * step * math.sqrt(2))
-        points = (rays[:, full] * z[full]).T.copy()
-    return _Sample(_gather(camera, depth_m, flat), extent, count, ratio, grasp, points)
+        extent, extent_group = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    e = np.take(rays, extent, axis=1) * np.take(depth, extent)
+    grasp, interior = interior_pixels(grids, rows, cols, group, starts)
+
+    pad = np.zeros((3, 1), dtype=np.float64)
+    mean, vecs = _group_moments(np.concatenate([p, pad], axis=1, dtype=np.float64),
+                                np.column_stack([starts, starts + sizes]).ravel())
+    e0, e2 = vecs[:, :, 2], vecs[:, :, 0]
+    e0 = np.where(e0[np.arange(count), np.abs(e0).argmax(axis=1)][:, None] < 0, -e0, e0)  # largest > 0
+    e2 = np.where(np.einsum("gi,gi->g", e2, mean)[:, None] > 0, -e2, e2)  # box z towards the camera
+    e1 = e2[:, [1, 2, 0]] * e0[:, [2, 0, 1]] - e2[:, [2, 0, 1]] * e0[:, [1, 2, 0]]  # e2 x e0
+    rot = np.stack([e0, e1, e2], axis=2)  # (G, 3, 3), columns = box axes
+    rot_t = rot.transpose(0, 2, 1).astype(np.float32)
+
+    q = np.empty_like(p)  # box coordinates, grid by grid
+    q_median = np.empty((count, 3), dtype=np.float32)
+    for g in range(count):
+        qg = np.matmul(rot_t[g], p[:, starts[g] : starts[g] + sizes[g]], out=q[:, starts[g] : starts[g] + sizes[g]])
+        q_median[g] = _median(qg)
+    lo = np.minimum.reduceat(q, starts, axis=1).T.astype(np.float64)
+    hi = np.maximum.reduceat(q, starts, axis=1).T.astype(np.float64)
+    if extent.size:
+        qe = np.einsum("nij,jn->in", rot_t[extent_group], e)
+        ext_groups, ext_starts = np.unique(extent_group, return_index=True)
+        lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
+        hi[ext_groups] = np.maximum(hi[ext_groups], np.maximum.reduceat(qe, ext_starts, axis=1).T)
+    d = q - q_median[group].T
+    nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
+    pixels = flat[np.r_[grasp, nearest]]
+    normals = face_normals(grids, rays, depth, valid, pixels, np.r_[np.arange(count), np.arange(count)],
+                           np.r_[interior[grasp], interior[nearest]])
+    grasp_points = np.take(rays, pixels[:count], axis=1).astype(np.float64).T * \
+        np.take(depth, pixels[:count]).astype(np.float64)[:, None]
+    positions = np.einsum("gij,gj->gi", rot, q_median)  # median along the box axes: on flat surfaces
+    centers = np.einsum("gij,gj->gi", rot, (lo + hi) / 2)
+    orientations = _quaternions(rot)
+    out = []
+    for g, (_, _, (x0, y0, x1, y1), step, sel, n, ratio) in enumerate(chosen):
+        points = None
+        if options.return_points:  # never used for the statistics: they do not depend on it
+            z = depth_m[y0:y1, x0:x1]
+            full = full_resolution_inliers(sel, z, grids.grid(inliers, g), step,
+                                           options.depth_jump * step * math.sqrt(2))
+            points = (camera.rays[:, y0:y1, x0:x1][:, full] * z[full]).T.copy()
+        out.append(Mask3D(
+            valid=True,
+            position=positions[g],
+            orientation=orientations[g],
+            size=hi[g] - lo[g],
+            box_center=centers[g],
+            normal=normals[count + g],
+            axis=e0[g],
+            point_count=n,
+            valid_ratio=ratio,
+            grasp_point=grasp_points[g],
+            grasp_normal=normals[g],
+            grasp_pixel=np.array([pixels[g] % width, pixels[g] // width], dtype=np.float64),
+            points=points,
+        ))
+    return out
 
 
-def _gather(camera: CameraModel, depth_m: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """(3, N) camera-frame points of image pixels given by flat index."""
-    return np.take(camera.rays.reshape(3, -1), flat, axis=1) * np.take(depth_m, flat)
+_NOT_DONE = object()  # a mask with enough inliers, described when the canvas is rebuilt without the others
 
 
 def transform(m: Mask3D, t: np.ndarray) -> Mask3D:
@@ -231,67 +294,6 @@ def _group_moments(p: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.nd
     second = np.add.reduceat((p[:, None] * p[None]).reshape(9, -1), bounds, axis=1)[:, ::2].T / n
     cov = second.reshape(-1, 3, 3) - mean[:, :, None] * mean[:, None, :]
     return mean, np.linalg.eigh(cov)[1]
-
-
-def _fit_batch(samples: Sequence[_Sample]) -> list[Mask3D]:
-    """Box, centroid, normal and axis of each sample's (3, N) inliers; boxes also span the extent points."""
-    if not samples:
-        return []
-    count = len(samples)
-    sizes = np.array([s.p.shape[1] for s in samples])
-    lengths = sizes + np.array([s.extent.shape[1] for s in samples])
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    pad = np.zeros((3, 1), dtype=np.float32)
-    cat = np.concatenate([a for s in samples for a in (s.p, s.extent)] + [pad], axis=1)  # [p0 e0 p1 e1 ... 0]
-    p_ends = np.cumsum(sizes)
-    p_cat = np.concatenate([s.p for s in samples] + [pad], axis=1).astype(np.float64)
-    mean, vecs = _group_moments(p_cat, np.column_stack([p_ends - sizes, p_ends]).ravel())
-    e0, e2 = vecs[:, :, 2], vecs[:, :, 0]
-    e0 = np.where(e0[np.arange(count), np.abs(e0).argmax(axis=1)][:, None] < 0, -e0, e0)  # largest > 0
-    e2 = np.where(np.einsum("gi,gi->g", e2, mean)[:, None] > 0, -e2, e2)  # box z towards the camera
-    e1 = e2[:, [1, 2, 0]] * e0[:, [2, 0, 1]] - e2[:, [2, 0, 1]] * e0[:, [1, 2, 0]]  # e2 x e0
-    rot = np.stack([e0, e1, e2], axis=2)  # (G, 3, 3), columns = box axes
-    rot_t = rot.transpose(0, 2, 1).astype(np.float32)
-
-    q = np.empty_like(cat)  # box coordinates, sample by sample
-    q_median = np.empty((count, 3), dtype=np.float32)
-    near_groups = []
-    for g, s in enumerate(samples):
-        qg = np.matmul(rot_t[g], cat[:, starts[g] : ends[g]], out=q[:, starts[g] : ends[g]])
-        q_median[g] = _median(qg[:, : sizes[g]])
-        d = qg[:, : sizes[g]] - q_median[g][:, None]
-        k = min(sizes[g], max(_NORMAL_MIN, min(_NORMAL_MAX, int(sizes[g] * _NORMAL_FRACTION))))
-        near_groups.append(s.p[:, np.argpartition(np.einsum("ij,ij->j", d, d), k - 1)[:k]] if k < sizes[g] else s.p)
-    lo = np.minimum.reduceat(q[:, :-1], starts, axis=1).T.astype(np.float64)
-    hi = np.maximum.reduceat(q[:, :-1], starts, axis=1).T.astype(np.float64)
-    near_sizes = np.array([a.shape[1] for a in near_groups])
-    near_ends = np.cumsum(near_sizes)
-    near = np.concatenate(near_groups + [pad], axis=1).astype(np.float64)
-    near_mean, near_vecs = _group_moments(near, np.column_stack([near_ends - near_sizes, near_ends]).ravel())
-    normals = near_vecs[:, :, 0]
-    normals = np.where(np.einsum("gi,gi->g", normals, near_mean)[:, None] > 0, -normals, normals)
-    positions = np.einsum("gij,gj->gi", rot, q_median)  # median along the box axes: on flat surfaces
-    centers = np.einsum("gij,gj->gi", rot, (lo + hi) / 2)
-    orientations = _quaternions(rot)
-    return [
-        Mask3D(
-            valid=True,
-            position=positions[g],
-            orientation=orientations[g],
-            size=hi[g] - lo[g],
-            box_center=centers[g],
-            normal=normals[g],
-            axis=e0[g],
-            point_count=s.count,
-            valid_ratio=s.ratio,
-            grasp_point=s.grasp.point,
-            grasp_normal=s.grasp.normal,
-            grasp_pixel=s.grasp.pixel,
-            points=s.points,
-        )
-        for g, s in enumerate(samples)
-    ]
 
 
 def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
