@@ -73,7 +73,11 @@ def anchor_from_depth(pixel: tuple[float, float], depth_m: np.ndarray, camera: A
     valid = window[np.isfinite(window) & (window > 0)]
     if valid.size == 0:
         return None
-    point = camera.rays[:, v, u].astype(np.float64) * float(np.median(valid))
+    xd, yd, _ = np.linalg.solve(camera.k, [pixel[0], pixel[1], 1.0])
+    x, y, ok = camera.undistort(np.array([xd]), np.array([yd]))
+    if not ok[0]:
+        return None
+    point = np.array([x[0], y[0], 1.0]) * float(np.median(valid))
     return pose[:3, :3] @ point + pose[:3, 3]
 
 

@@ -14,11 +14,13 @@ STEADY_AREA = 0.05  # the motion is measured only between masks whose areas diff
 
 
 class Origin(NamedTuple):
-    """What started a track: a pixel point (x, y) or an XYXY box of the first frame, and its text (may be '')."""
+    """What started a track: a pixel point (x, y) or an XYXY box of the first frame, its text (may be '') and the
+    id of the prompt it came from (its masks carry it as ``Segment.prompt_id``)."""
 
     point: tuple[float, float] | None = None
     box: tuple[float, float, float, float] | None = None
     text: str = ""
+    prompt_id: int = -1
 
     @property
     def kind(self) -> str:

@@ -3,6 +3,7 @@ where it should now be (``prompts``), all of them are decoded together, and each
 one track (``update``). ROS-free; ``step`` does the three with a ``Predictor`` for the Python API."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
@@ -28,6 +29,9 @@ class Tracker:
     the track's last mask, moved to where the track should be, reaches ``min_iou``; each mask goes to at most one
     track. Where a track should be: its 3D anchor re-projected into the new camera pose when depth, a camera and
     poses are given; otherwise its last position moved by the image motion and by its own velocity.
+
+    ``add``/``remove`` may be called from other threads than the one running ``prompts``/``update``; a track
+    added between the two of a frame starts on the next frame.
     """
 
     def __init__(self, predictor: Any = None, *, max_tracks: int = 32, lost_after: int = 3, forget_s: float = 5.0,
@@ -41,12 +45,13 @@ class Tracker:
         self.ended = 0  # tracks that ended or were removed so far
         self._next_id = 0
         self._motion = MotionEstimator()
-        self._size: tuple[int, int] | None = None  # (height, width) of the last frame
+        self._asked: set[int] = set()  # the live tracks when this frame's prompts were made
+        self._lock = threading.RLock()
 
     # --- adding and removing ----------------------------------------------------------------------------------
 
     def add(self, point: Sequence[float] | None = None, box: Sequence[float] | None = None,
-            levels: Iterable[int] = (), text: str = "") -> int:
+            levels: Iterable[int] = (), text: str = "", prompt_id: int = -1) -> int:
         """Start a track from a pixel point (x, y) or an XYXY box of the next frame decoded; its id. ``levels``
         empty: all six. ValueError when ``max_tracks`` are live or the prompt is not a point or a box."""
         if (point is None) == (box is None):
@@ -54,26 +59,29 @@ class Tracker:
         levels = tuple(sorted(set(levels))) or LEVELS
         if not set(levels) <= set(LEVELS):
             raise ValueError(f"levels must lie in 1..6, got {list(levels)}")
-        if len(self.tracks) >= self.max_tracks:
-            raise ValueError(f"{len(self.tracks)} tracks are live (max_tracks {self.max_tracks}): remove some first")
         origin = Origin(None if point is None else (float(point[0]), float(point[1])),
-                        None if box is None else tuple(float(v) for v in box), text)
-        track = Track(self._next_id, origin, levels)
-        self._next_id += 1
-        self.tracks[track.id] = track
-        return track.id
+                        None if box is None else tuple(float(v) for v in box), text, prompt_id)
+        with self._lock:
+            if len(self.tracks) >= self.max_tracks:
+                raise ValueError(f"{len(self.tracks)} tracks are live (max_tracks {self.max_tracks})")
+            track = Track(self._next_id, origin, levels)
+            self._next_id += 1
+            self.tracks[track.id] = track
+            return track.id
 
     def remove(self, ids: Iterable[int] | None = None) -> list[int]:
         """End the given tracks (None: all); the ids that were live."""
-        gone = [i for i in (list(self.tracks) if ids is None else ids) if i in self.tracks]
-        for i in gone:
-            del self.tracks[i]
-        self.ended += len(gone)
-        return gone
+        with self._lock:
+            gone = [i for i in (list(self.tracks) if ids is None else ids) if i in self.tracks]
+            for i in gone:
+                del self.tracks[i]
+            self.ended += len(gone)
+            return gone
 
     def counts(self) -> dict[str, int]:
         """Tracks by state: tracking, lost (live) and ended (so far)."""
-        states = [t.state for t in self.tracks.values()]
+        with self._lock:
+            states = [t.state for t in self.tracks.values()]
         return {TRACK_STATE_NAMES[TRACK_TRACKING]: states.count(TRACK_TRACKING),
                 TRACK_STATE_NAMES[TRACK_LOST]: states.count(TRACK_LOST), TRACK_STATE_NAMES[TRACK_ENDED]: self.ended}
 
@@ -86,31 +94,32 @@ class Tracker:
         tracks' 3D anchors; without them the image motion since the previous frame is measured on ``rgb``. A track
         expected outside the image gets no prompt (it misses this frame).
         """
-        self._size = height, width = rgb.shape[:2]
+        height, width = rgb.shape[:2]
         motion = np.asarray(self._motion.update(rgb))
-        asks = []
-        for track in self.tracks.values():
-            track.age += 1
-            if track.mask is None:  # not found yet: its origin
-                asks.append(TrackPrompt(track.id, track.origin.point, track.origin.box, track.levels))
-                continue
-            track.unseen += 1
-            track.camera_shift = track.camera_shift + motion
-            track.shift = track.camera_shift + track.velocity * track.unseen
-            seen = None if track.anchor is None or camera is None or pose is None else project_anchor(
-                track.anchor, camera, pose)
-            if seen is not None:
-                track.shift = np.subtract(seen, track.point)
-            if track.origin.box is not None:
-                x0, y0, x1, y1 = track.predicted_box()
-                box = (max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height))
-                if box[2] > box[0] and box[3] > box[1]:
-                    asks.append(TrackPrompt(track.id, None, box, track.levels))
-                continue
-            x, y = track.predicted_point()
-            if 0 <= x < width and 0 <= y < height:
-                asks.append(TrackPrompt(track.id, (x, y), None, track.levels))
-        return asks
+        with self._lock:
+            self._asked = set(self.tracks)
+            return [ask for track in self.tracks.values() if (ask := self._ask(track, motion, camera, pose, width,
+                                                                                 height)) is not None]
+
+    def _ask(self, track: Track, motion: np.ndarray, camera: Any, pose: np.ndarray | None, width: int, height: int
+             ) -> TrackPrompt | None:
+        """The prompt of ``track`` on the new frame (None: expected outside the image), its expected shift set."""
+        track.age += 1
+        if track.mask is None:  # not found yet: its origin
+            return TrackPrompt(track.id, track.origin.point, track.origin.box, track.levels)
+        track.unseen += 1
+        track.camera_shift = track.camera_shift + motion
+        track.shift = track.camera_shift + track.velocity * track.unseen
+        seen = None if track.anchor is None or camera is None or pose is None else project_anchor(
+            track.anchor, camera, pose)
+        if seen is not None:
+            track.shift = np.subtract(seen, track.point)
+        if track.origin.box is not None:
+            x0, y0, x1, y1 = track.predicted_box()
+            box = (max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height))
+            return TrackPrompt(track.id, None, box, track.levels) if box[2] > box[0] and box[3] > box[1] else None
+        x, y = track.predicted_point()
+        return TrackPrompt(track.id, (x, y), None, track.levels) if 0 <= x < width and 0 <= y < height else None
 
     def update(self, decoded: Mapping[int, Sequence[Segment]], stamp_s: float, *, depth_m: np.ndarray | None = None,
                camera: Any = None, pose: np.ndarray | None = None) -> list[Segment]:
@@ -120,24 +129,28 @@ class Tracker:
         ``depth_m`` (metres, registered to the image), ``camera`` and ``pose`` set the 3D anchors of the tracks
         found. Tracks not found count a miss; lost ones past ``forget_s`` end.
         """
-        candidates = _unique([(tid, seg) for tid, segs in decoded.items() if tid in self.tracks for seg in segs
-                              if seg.area > 0])
-        taken = self._assign(candidates)
-        out = []
-        for tid, track in list(self.tracks.items()):
-            if np.isnan(track.started_s):
-                track.started_s = stamp_s
-            seg = taken.get(tid)
-            if seg is None:
-                self._miss(track, stamp_s)
-                continue
-            x0, y0 = seg.bbox[:2]
-            px, py = interior_point(seg.mask[y0:seg.bbox[3], x0:seg.bbox[2]])
-            whole = track.see(seg, (x0 + px, y0 + py), stamp_s)
-            if whole and depth_m is not None and camera is not None and pose is not None:
-                track.anchor = anchor_from_depth(track.point, depth_m, camera, np.asarray(pose, dtype=np.float64))
-            out.append(replace(seg, track_id=tid, track_state=TRACK_TRACKING))
-        return out
+        with self._lock:
+            asked = [t for i, t in self.tracks.items() if i in self._asked]
+            candidates = _unique([(tid, seg) for tid, segs in decoded.items() if tid in self._asked
+                                  for seg in segs if seg.area > 0])
+            taken = self._assign(asked, candidates)
+            out = []
+            for track in asked:
+                if np.isnan(track.started_s):
+                    track.started_s = stamp_s
+                seg = taken.get(track.id)
+                if seg is None:
+                    self._miss(track, stamp_s)
+                    continue
+                x0, y0, x1, y1 = seg.bbox
+                px, py = interior_point(seg.mask[y0:y1, x0:x1])
+                whole = track.see(seg, (x0 + px, y0 + py), stamp_s)
+                if whole and depth_m is not None and camera is not None and pose is not None:
+                    track.anchor = anchor_from_depth(track.point, depth_m, camera, np.asarray(pose, dtype=np.float64))
+                out.append(replace(seg, track_id=track.id, track_state=TRACK_TRACKING,
+                                   prompt_id=track.origin.prompt_id))
+            self._asked = set()
+            return out
 
     def step(self, image: np.ndarray, depth_m: np.ndarray | None = None, camera: Any = None,
              pose: np.ndarray | None = None, stamp_s: float | None = None) -> list[Segment]:
@@ -153,10 +166,10 @@ class Tracker:
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    def _assign(self, candidates: list[tuple[int, Segment]]) -> dict[int, Segment]:
-        """Track id -> its mask: found tracks by the best total overlap with their predictions (one-to-one), then
-        new tracks by the best score among their own prompt's masks left."""
-        found = [t for t in self.tracks.values() if t.mask is not None]
+    def _assign(self, tracks: list[Track], candidates: list[tuple[int, Segment]]) -> dict[int, Segment]:
+        """Track id -> its mask: ``tracks`` seen before by the best total overlap with their predictions
+        (one-to-one), then new ones by the best score among their own prompt's masks left."""
+        found = [t for t in tracks if t.mask is not None]
         gain = np.full((len(found), len(candidates)), -np.inf)
         for r, track in enumerate(found):
             for c, (_, seg) in enumerate(candidates):
@@ -173,7 +186,7 @@ class Tracker:
                 if np.isfinite(gain[r, c]):
                     taken[found[r].id] = candidates[c][1]
                     used.add(c)
-        for track in self.tracks.values():
+        for track in tracks:
             if track.mask is None:
                 own = [c for c, (tid, seg) in enumerate(candidates) if tid == track.id and c not in used
                        and seg.level in track.levels]
