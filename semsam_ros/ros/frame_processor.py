@@ -97,6 +97,12 @@ class Pipeline(Protocol):
         """(object names, part names) of the current vocabulary."""
 
 
+def make_tracker(params: NodeParams) -> Tracker:
+    """The Tracker the node parameters describe (max_tracks, track_lost_after, track_forget_s, track_min_iou)."""
+    return Tracker(max_tracks=params.max_tracks, lost_after=params.track_lost_after,
+                   forget_s=params.track_forget_s, min_iou=params.track_min_iou)
+
+
 class _FramePredictor:
     """A predictor view whose ``set_image`` reuses the frame's embedding (for the automatic generator)."""
 

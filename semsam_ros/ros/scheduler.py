@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from semsam_ros.ros.convert import PromptRequest, stamp_to_ns
-from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output, Pipeline, PromptError
+from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output, Pipeline, PromptError, make_tracker
 from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.params import VOCABULARY_PARAMS, NodeParams
 from semsam_ros.ros.telemetry import Telemetry
@@ -39,6 +39,21 @@ def update_sticky(sticky: dict[int, PromptRequest], prompt: PromptRequest) -> bo
     if prompt.sticky and not empty:
         sticky[prompt.prompt_id] = prompt
     return not empty
+
+
+def start_tracks(tracker: Tracker, prompt: PromptRequest) -> list[int]:
+    """Start one track per point and per box of ``prompt`` (its levels, text and id kept); their ids. ValueError,
+    nothing started, without a point or a box, or beyond the tracker's ``max_tracks``."""
+    count = len(prompt.points) + len(prompt.boxes)
+    if count == 0:
+        raise ValueError(f"prompt {prompt.prompt_id}: a track starts from a point or a box (text alone cannot)")
+    live = len(tracker.tracks)
+    if live + count > tracker.max_tracks:
+        raise ValueError(f"prompt {prompt.prompt_id}: {count} new track(s) with {live} live exceed max_tracks "
+                         f"{tracker.max_tracks}")
+    common = dict(levels=prompt.levels, text=prompt.text, prompt_id=prompt.prompt_id)
+    return ([tracker.add(point=xy, **common) for xy in prompt.points]
+            + [tracker.add(box=box, **common) for box in prompt.boxes])
 
 
 @dataclass
@@ -77,8 +92,7 @@ class Scheduler:
         if reasons:
             raise ValueError("; ".join(reasons))
         self.telemetry = Telemetry(log, params.error_log_period, clock)
-        self.tracker = Tracker(max_tracks=params.max_tracks, lost_after=params.track_lost_after,
-                               forget_s=params.track_forget_s, min_iou=params.track_min_iou)
+        self.tracker = make_tracker(params)
         self.processor = FrameProcessor(params, predictor, types, pipeline, self.telemetry, model_id, self.tracker)
         self._camera_pose = camera_pose
         self._clock = clock
@@ -225,18 +239,8 @@ class Scheduler:
             return count
 
     def track(self, prompt: PromptRequest) -> list[int]:
-        """Start one track per point and per box of ``prompt``, continued from the next new frame; their ids.
-        ValueError (nothing started) without a point or a box, or beyond ``max_tracks``."""
-        count = len(prompt.points) + len(prompt.boxes)
-        if count == 0:
-            raise ValueError(f"prompt {prompt.prompt_id}: a track starts from a point or a box (text alone cannot)")
-        live = len(self.tracker.tracks)
-        if live + count > self.tracker.max_tracks:
-            raise ValueError(f"prompt {prompt.prompt_id}: {count} new track(s) with {live} live exceed max_tracks "
-                             f"{self.tracker.max_tracks}")
-        common = dict(levels=prompt.levels, text=prompt.text, prompt_id=prompt.prompt_id)
-        return ([self.tracker.add(point=xy, **common) for xy in prompt.points]
-                + [self.tracker.add(box=box, **common) for box in prompt.boxes])
+        """Start the tracks of ``prompt`` (``start_tracks``), continued from the next new frame; their ids."""
+        return start_tracks(self.tracker, prompt)
 
     def untrack(self, ids: Sequence[int] | None = None) -> list[int]:
         """Stop the tracks ``ids`` (None: all); the ids that were live."""
