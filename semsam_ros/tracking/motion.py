@@ -56,8 +56,15 @@ def _refine(line: np.ndarray, peak: int) -> float:
     return peak + (0.5 * (left - right) / curvature if curvature < 0 else 0.0)
 
 
-def interior_point(crop: np.ndarray) -> tuple[float, float]:
-    """(x, y) within a non-empty bool mask crop of its most interior pixel (inside a ring, never in its hole)."""
+def interior_point(crop: np.ndarray, centroid: tuple[float, float]) -> tuple[float, float]:
+    """(x, y) within a non-empty bool mask crop of a pixel well inside it: its ``centroid`` (crop coordinates) when
+    the centroid and four pixels a quarter radius around it are inside (a convex blob), else its most interior
+    pixel (inside a ring, never in its hole)."""
+    cx, cy = int(round(centroid[0])), int(round(centroid[1]))
+    reach = max(2, int(0.25 * np.sqrt(np.count_nonzero(crop) / np.pi)))
+    probes = [(cx, cy), (cx - reach, cy), (cx + reach, cy), (cx, cy - reach), (cx, cy + reach)]
+    if all(0 <= x < crop.shape[1] and 0 <= y < crop.shape[0] and crop[y, x] for x, y in probes):
+        return float(cx), float(cy)
     step = max(1, -(-max(crop.shape) // INTERIOR_SIDE))
     row, col, _ = grasp_pixel(crop, crop[::step, ::step], step)
     return float(col), float(row)

@@ -49,6 +49,7 @@ class Track:
     level: int = 0  # level of the last mask (0: none yet)
     score: float = float("nan")
     mask: np.ndarray | None = None
+    area: int = 0  # pixels of ``mask``
     box: tuple[int, int, int, int] = (0, 0, 0, 0)
     point: tuple[float, float] | None = None
     centroid: tuple[float, float] = (float("nan"), float("nan"))
@@ -62,10 +63,6 @@ class Track:
     unseen: int = 0  # frames since its mask was last seen
     last_seen_s: float = float("nan")
     started_s: float = float("nan")
-
-    @property
-    def area(self) -> int:
-        return 0 if self.mask is None else int(np.count_nonzero(self.mask))
 
     def predicted_box(self) -> tuple[float, float, float, float]:
         dx, dy = self.shift
@@ -100,6 +97,7 @@ class Track:
                 self.velocity = 0.5 * self.velocity + 0.5 * moved / max(self.unseen, 1)
             x0, y0, x1, y1 = seg.bbox
             self.mask, self.box, self.point = seg.mask[y0:y1, x0:x1].copy(), (x0, y0, x1, y1), point
+            self.area = seg.area
             self.centroid = seg.centroid
             self.usual_area = seg.area if np.isnan(self.usual_area) else 0.9 * self.usual_area + 0.1 * seg.area
         else:

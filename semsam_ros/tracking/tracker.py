@@ -143,7 +143,7 @@ class Tracker:
                     self._miss(track, stamp_s)
                     continue
                 x0, y0, x1, y1 = seg.bbox
-                px, py = interior_point(seg.mask[y0:y1, x0:x1])
+                px, py = interior_point(seg.mask[y0:y1, x0:x1], (seg.centroid[0] - x0, seg.centroid[1] - y0))
                 whole = track.see(seg, (x0 + px, y0 + py), stamp_s)
                 if whole and depth_m is not None and camera is not None and pose is not None:
                     track.anchor = anchor_from_depth(track.point, depth_m, camera, np.asarray(pose, dtype=np.float64))
@@ -171,8 +171,10 @@ class Tracker:
         (one-to-one), then new ones by the best score among their own prompt's masks left."""
         found = [t for t in tracks if t.mask is not None]
         gain = np.full((len(found), len(candidates)), -np.inf)
-        for r, track in enumerate(found):
-            for c, (_, seg) in enumerate(candidates):
+        if found and candidates:
+            meet = _boxes_meet([t.predicted_box() for t in found], [seg.bbox for _, seg in candidates])
+            for r, c in zip(*np.nonzero(meet)):  # only masks that reach where the track should be
+                track, seg = found[r], candidates[c][1]
                 if seg.level in track.levels:
                     iou = track.overlap(seg)
                     if iou >= self.min_iou:
@@ -205,21 +207,29 @@ class Tracker:
             self.remove([track.id])
 
 
+def _boxes_meet(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
+    """(len(a), len(b)) bool: whether XYXY boxes a[i] and b[j] overlap."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 1, 4), np.asarray(b, dtype=np.float64).reshape(1, -1, 4)
+    return ((np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0]))
+            & (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1])))
+
+
 def _unique(candidates: list[tuple[int, Segment]]) -> list[tuple[int, Segment]]:
     """The candidates without near-duplicates decoded for another track (same level, IoU > DUPLICATE_IOU)."""
-    kept: list[tuple[int, Segment]] = []
-    for tid, seg in candidates:
-        if not any(t != tid and s.level == seg.level and _iou(s, seg) > DUPLICATE_IOU for t, s in kept):
-            kept.append((tid, seg))
-    return kept
+    boxes = [seg.bbox for _, seg in candidates]
+    meet = _boxes_meet(boxes, boxes)
+    kept: list[int] = []
+    for c, (tid, seg) in enumerate(candidates):
+        if not any(meet[k, c] and candidates[k][0] != tid and candidates[k][1].level == seg.level
+                   and _iou(candidates[k][1], seg) > DUPLICATE_IOU for k in kept):
+            kept.append(c)
+    return [candidates[c] for c in kept]
 
 
 def _iou(a: Segment, b: Segment) -> float:
-    """IoU of two segments' masks, counted inside the intersection of their boxes only."""
+    """IoU of two segments' masks whose boxes overlap, counted inside the intersection of their boxes only."""
     x0, y0 = max(a.bbox[0], b.bbox[0]), max(a.bbox[1], b.bbox[1])
     x1, y1 = min(a.bbox[2], b.bbox[2]), min(a.bbox[3], b.bbox[3])
-    if x1 <= x0 or y1 <= y0:
-        return 0.0
     inter = int(np.count_nonzero(a.mask[y0:y1, x0:x1] & b.mask[y0:y1, x0:x1]))
     return inter / (a.area + b.area - inter)
 
