@@ -20,6 +20,7 @@ _LAZY = {
     "Prediction": "semsam_ros.inference.predictor",
     "AutomaticMaskGenerator": "semsam_ros.inference.amg",
     "Segment": "semsam_ros.types",
+    "Tracker": "semsam_ros.tracking",
 }
 
 __all__ = list(_LAZY)

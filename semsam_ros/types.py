@@ -20,6 +20,13 @@ KIND_UNKNOWN = 0
 KIND_OBJECT = 1
 KIND_PART = 2
 KIND_NAMES: dict[int, str] = {KIND_UNKNOWN: "unknown", KIND_OBJECT: "object", KIND_PART: "part"}
+TRACK_NONE = 0
+TRACK_TRACKING = 1
+TRACK_LOST = 2
+TRACK_ENDED = 3
+TRACK_STATE_NAMES: dict[int, str] = {TRACK_NONE: "none", TRACK_TRACKING: "tracking", TRACK_LOST: "lost",
+                                     TRACK_ENDED: "ended"}
+"""Track states (``Segment.track_state``, the Segment message's TRACK_* constants); TRACK_NONE: not tracked."""
 UNKNOWN_LABEL = "unknown"
 """The label of a mask no vocabulary name fits well enough (and of every mask without semantics)."""
 
@@ -60,7 +67,8 @@ class Segment:
     Conventions: ``mask`` is bool HxW at the resolution of the image given to ``Predictor.set_image``;
     ``bbox`` is pixel XYXY with exclusive max (``x1 - x0`` is the pixel width; an empty mask gives all zeros);
     ``centroid`` is (x, y) in pixels; ``level`` is the granularity 1..6 (coarse to fine). ``raw_area`` is the
-    pixel count of the mask before hole/island clean-up when one was applied (-1 otherwise).
+    pixel count of the mask before hole/island clean-up when one was applied (-1 otherwise). ``track_id`` is the
+    id of the track this mask continues (-1: none), ``track_state`` that track's state (TRACK_*).
     """
 
     mask: np.ndarray
@@ -80,6 +88,8 @@ class Segment:
     parent_id: int = -1
     child_ids: list[int] = field(default_factory=list)
     raw_area: int = -1
+    track_id: int = -1
+    track_state: int = TRACK_NONE
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -632,3 +632,20 @@ def test_core_process_answers_what_fits_and_skips_the_encoder_when_nothing_does(
     with pytest.raises(ValueError, match="unsupported image encoding 'bayer_rggb8'"):
         core.process(Frame(raw_image(header(0), "bayer_rggb8", scene(0)[..., 0]), 0), [inside_prompt], auto=False)
     assert core.telemetry.errors.counts["image/UnsupportedEncodingError/bayer_rggb8"] == 1
+
+
+def test_track_follows_the_first_frames_prompts_through_the_bag(tmp_path, predictor):
+    bag = write_bag(tmp_path / "in", "sqlite3", [(CAM, IMAGE, T0 + k * SEC // 10, encoded(k, "rgb8"))
+                                                 for k in range(8)])
+    request = PromptRequest(5, np.array([[30.0, 20.0], [100.0, 80.0]]), levels=(1, 3))
+    options = BagOptions([CAM], prompts={CAM: [request]}, track=True, params=PARAMS, progress=False)
+    summary = process_bag(bag, tmp_path / "out", predictor, options)
+    assert summary.segmented == 8 and summary.errors == {}
+    results = [msg for _, msg, _ in read_bag(tmp_path / "out")[f"{CAM}/segments"]]
+    first = results[0].segments
+    assert sorted(s.track_id for s in first) == [0, 1] and {s.prompt_id for s in first} == {5}
+    for result in results:  # only tracked masks: the prompts are not answered again, no new id appears
+        assert {s.track_id for s in result.segments} <= {0, 1} and len(result.segments) <= 2
+        assert all(s.track_state == 1 for s in result.segments)
+    with pytest.raises(BagError, match="single --image-topic"):
+        process_bag(bag, tmp_path / "out2", predictor, BagOptions([CAM, CAM2], track=True, params=PARAMS))

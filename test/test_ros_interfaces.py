@@ -73,7 +73,7 @@ def rosidl() -> dict:
 
 def test_interface_files_exist():
     assert [p.name for p in MSGS] == ["Prompt.msg", "Segment.msg", "SegmentArray.msg"]
-    assert [p.name for p in SRVS] == ["Segment.srv", "SetVocabulary.srv"]
+    assert [p.name for p in SRVS] == ["Segment.srv", "SetVocabulary.srv", "Track.srv", "Untrack.srv"]
 
 
 def test_rosidl_adapter_parses_every_file(rosidl):
@@ -85,6 +85,10 @@ def test_rosidl_adapter_parses_every_file(rosidl):
         "semsam_ros/srv/Segment_Response",
         "semsam_ros/srv/SetVocabulary_Request",
         "semsam_ros/srv/SetVocabulary_Response",
+        "semsam_ros/srv/Track_Request",
+        "semsam_ros/srv/Track_Response",
+        "semsam_ros/srv/Untrack_Request",
+        "semsam_ros/srv/Untrack_Response",
     ]
     segment = dict(rosidl["fields"]["semsam_ros/msg/Segment"])
     assert segment["bbox"] == "sensor_msgs/RegionOfInterest" and segment["mask"] == "sensor_msgs/Image"
@@ -93,6 +97,12 @@ def test_rosidl_adapter_parses_every_file(rosidl):
     assert segment["normal"] == segment["axis"] == "geometry_msgs/Vector3" and segment["point_count"] == "uint32"
     assert segment["top_labels"] == "string[]" and segment["top_label_scores"] == "float32[]"
     assert segment["KIND_OBJECT"] == "uint8"
+    assert segment["track_id"] == "int32" and segment["track_state"] == segment["TRACK_LOST"] == "uint8"
+    assert dict(rosidl["fields"]["semsam_ros/msg/Prompt"])["track"] == "bool"
+    assert rosidl["fields"]["semsam_ros/srv/Track_Request"] == [["prompts", "semsam_ros/Prompt[]"]]
+    assert dict(rosidl["fields"]["semsam_ros/srv/Track_Response"])["track_ids"] == "int32[]"
+    assert rosidl["fields"]["semsam_ros/srv/Untrack_Request"] == [["track_ids", "int32[]"], ["all", "bool"]]
+    assert dict(rosidl["fields"]["semsam_ros/srv/Untrack_Response"])["stopped"] == "int32[]"
     assert dict(rosidl["fields"]["semsam_ros/srv/Segment_Request"])["prompt"] == "semsam_ros/Prompt"
     assert rosidl["fields"]["semsam_ros/srv/SetVocabulary_Request"] == [["objects", "string[]"], ["parts", "string[]"]]
     response = dict(rosidl["fields"]["semsam_ros/srv/SetVocabulary_Response"])
@@ -195,6 +205,10 @@ def assert_same(a, b, path="msg"):
         "semsam_ros/srv/Segment_Response",
         "semsam_ros/srv/SetVocabulary_Request",
         "semsam_ros/srv/SetVocabulary_Response",
+        "semsam_ros/srv/Track_Request",
+        "semsam_ros/srv/Track_Response",
+        "semsam_ros/srv/Untrack_Request",
+        "semsam_ros/srv/Untrack_Response",
     ],
 )
 def test_cdr_round_trip(distro, name):
@@ -215,6 +229,9 @@ def test_kind_constants_match_the_segment_record():
 
     segment = make_typestore().types["semsam_ros/msg/Segment"]
     assert (segment.KIND_UNKNOWN, segment.KIND_OBJECT, segment.KIND_PART) == (KIND_UNKNOWN, KIND_OBJECT, KIND_PART)
+    from semsam_ros.types import TRACK_STATE_NAMES
+
+    assert {getattr(segment, f"TRACK_{name.upper()}"): name for name in TRACK_STATE_NAMES.values()} == TRACK_STATE_NAMES
 
 
 @pytest.mark.parametrize("distro", ["humble", "jazzy"])

@@ -52,6 +52,7 @@ class BagOptions:
     prompts: dict[str, list[PromptRequest]] = field(default_factory=dict)  # image topic -> on every processed frame
     prompt_topics: dict[str, str] = field(default_factory=dict)  # image topic -> its recorded Prompt topic
     auto: bool = False  # also segment everything (params.auto_levels) on every processed frame
+    track: bool = False  # the prompts of the first processed frame start tracks, followed through the bag
     params: NodeParams = field(default_factory=NodeParams)  # the node's thresholds, levels, overlay_alpha...
     every: int = 1  # process every N-th frame of each image topic (and every frame a topic prompt is stamped on)
     start: BagTime | None = None  # the window [start, end) of bag time that is read, processed and copied

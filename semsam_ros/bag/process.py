@@ -13,7 +13,7 @@ from typing import Any
 from semsam_ros.bag.options import BagOptions, BagSummary
 from semsam_ros.bag.reader import STORAGES, BagError, open_bag, storage_of
 from semsam_ros.bag.run import BagRun
-from semsam_ros.ros.frame_processor import FrameProcessor
+from semsam_ros.ros.frame_processor import FrameProcessor, make_tracker
 from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.telemetry import Telemetry
 
@@ -82,6 +82,8 @@ def process_bag(src: str | Path, dst: str | Path, predictor: Any, options: BagOp
         raise BagError(f"storage must be one of {', '.join(STORAGES)}, got {options.storage!r}")
     if options.distro not in (None, *STORES):
         raise BagError(f"distro must be one of {', '.join(STORES)}, got {options.distro!r}")
+    if options.track and len(options.image_topics) != 1:
+        raise BagError("--track follows the prompts of one image topic: give a single --image-topic")
     reasons = options.params.validate()
     if reasons:
         raise BagError("; ".join(reasons))
@@ -95,7 +97,8 @@ def process_bag(src: str | Path, dst: str | Path, predictor: Any, options: BagOp
         pipeline = ModelPipeline(options.params, str(getattr(predictor, "device", "cpu")), want_points=lambda: True)
         model_id = getattr(getattr(predictor, "model", None), "model_id", "")
         telemetry = Telemetry(log, options.params.error_log_period, time.monotonic)
-        processor = FrameProcessor(options.params, predictor, types, pipeline, telemetry, model_id)
+        tracker = make_tracker(options.params) if options.track else None
+        processor = FrameProcessor(options.params, predictor, types, pipeline, telemetry, model_id, tracker)
         summary = BagSummary(dst, storage)
         run = BagRun(reader, src, options, processor, typestore, summary, log)
         writer = Writer(dst, version=BAG_VERSION, storage_plugin=StoragePlugin[storage.upper()])

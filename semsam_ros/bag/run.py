@@ -20,7 +20,7 @@ from semsam_ros.bag.reader import (
 )
 from semsam_ros.ros.convert import PromptRequest, prompt_from_msg, stamp_to_ns
 from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output
-from semsam_ros.ros.scheduler import update_sticky
+from semsam_ros.ros.scheduler import start_tracks, update_sticky
 from semsam_ros.ros.outputs import NEEDS_3D, OUTPUT_TYPES, build_outputs
 
 RENDER_QUEUE = 2  # frames whose outputs may be rendering in the background at once
@@ -88,6 +88,7 @@ class BagRun:
         self.rendering: deque[Future[list[tuple[Any, int, bytes]]]] = deque()
         self.bar: Any = None
         self.check_interrupt: Callable[[], None] = lambda: None
+        self.tracks_started = False  # --track: whether a frame's prompts started the tracks
         self._plan()
 
     def run(self, writer: Any, check_interrupt: Callable[[], None]) -> None:
@@ -341,9 +342,18 @@ class BagRun:
         if camera.depth_topic is not None and (item.depth is None or item.info is None):
             self.processor.telemetry.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
                                                    f"{stamp_to_ns(image.header.stamp)} ns")
+        prompts, tracker = item.prompts, self.processor.tracker
+        if tracker is not None:  # --track: the first prompted frame's prompts start the tracks, then only tracks
+            for prompt in prompts if not self.tracks_started else ():
+                self.tracks_started = True
+                try:
+                    start_tracks(tracker, prompt)
+                except ValueError as exc:
+                    self.processor.telemetry.errors.report("track/start", f"{camera.topic}: {exc}")
+            prompts = []
         try:
-            return self.processor.process(Frame(image, stamp_to_ns(image.header.stamp), depth, info), item.prompts,
-                                     self.options.auto)
+            return self.processor.process(Frame(image, stamp_to_ns(image.header.stamp), depth, info), prompts,
+                                     self.options.auto, track=tracker is not None)
         except Exception:  # noqa: BLE001  (counted and logged by the processor; the frame is skipped)
             return None
 

@@ -47,6 +47,9 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-topic", action="append", default=[], metavar="[IMAGE_TOPIC=]TOPIC",
                         help="recorded semsam_ros/msg/Prompt topic (bare: for every image topic)")
     parser.add_argument("--auto", action="store_true", help="also segment everything on every processed frame")
+    parser.add_argument("--track", action="store_true",
+                        help="the prompts of the first prompted frame start tracks followed through the bag "
+                             "(Segment.track_id; one image topic; image motion only, /tf is not read)")
     parser.add_argument("--levels", type=parse_levels,
                         help="levels of --auto (default 1,3,6) and of YAML prompts naming none (default all)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default: 1)")
@@ -84,7 +87,7 @@ def run_bag(args: argparse.Namespace) -> int:
         image_topics=topics,
         prompts=load_prompts(args.prompts, topics, args.levels or ()) if args.prompts else {},
         prompt_topics=parse_topic_map(args.prompt_topic, topics, "--prompt-topic"),
-        auto=args.auto, params=params, every=args.every, start=args.start, end=args.end, storage=args.storage,
+        auto=args.auto, track=args.track, params=params, every=args.every, start=args.start, end=args.end, storage=args.storage,
         distro=args.distro, segments_topic=args.segments_topic, overlay_topic=args.overlay_topic,
         overlay=not args.no_overlay, depth_topics=parse_topic_map(args.depth_topic, topics, "--depth-topic"),
         camera_info_topics=parse_topic_map(args.camera_info_topic, topics, "--camera-info-topic"),

@@ -25,6 +25,7 @@ class PromptRequest:
     levels: tuple[int, ...] = ()  # empty: all six
     text: str = ""
     sticky: bool = False
+    track: bool = False  # start tracks (one per point and box) instead of being answered once
     stamp_ns: int = 0  # 0: the newest frame
     frame_id: str = ""
 
@@ -79,6 +80,8 @@ def _segment_msg(types: MessageTypes, seg: Segment, header: Any, result3d: Segme
         "semsam_ros/msg/Segment",
         id=int(seg.id),
         prompt_id=int(seg.prompt_id),
+        track_id=int(seg.track_id),
+        track_state=int(seg.track_state),
         level=int(seg.level),
         kind=int(seg.kind),
         iou_score=float(seg.iou_score),
@@ -177,6 +180,8 @@ def msg_to_segments(msg: Any, image_size: tuple[int, int] | None = None) -> list
                 centroid=(float(s.centroid_x), float(s.centroid_y)),
                 id=int(s.id),
                 prompt_id=int(s.prompt_id),
+                track_id=int(s.track_id),
+                track_state=int(s.track_state),
                 stability_score=float(s.stability_score),
                 kind=int(s.kind),
                 label=s.label,
@@ -246,6 +251,7 @@ def prompt_from_msg(msg: Any) -> PromptRequest:
         levels=tuple(sorted(set(levels))),
         text=str(msg.text),
         sticky=bool(msg.sticky),
+        track=bool(msg.track),
         stamp_ns=stamp_to_ns(msg.header.stamp),
         frame_id=msg.header.frame_id,
     )
@@ -271,6 +277,7 @@ def prompt_to_msg(types: MessageTypes, prompt: PromptRequest) -> Any:
         levels=types.byte_array(np.array(prompt.levels, dtype=np.uint8)),
         text=prompt.text,
         sticky=bool(prompt.sticky),
+        track=bool(prompt.track),
     )
 
 

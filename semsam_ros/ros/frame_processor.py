@@ -12,11 +12,13 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from semsam_ros.geometry.camera import CameraModel
 from semsam_ros.ros.convert import PromptRequest, segments_to_msg
 from semsam_ros.ros.images import image_to_depth, image_to_rgb
 from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.params import NodeParams
 from semsam_ros.ros.telemetry import Telemetry
+from semsam_ros.tracking import Tracker
 from semsam_ros.types import LEVELS, Segment, Segment3D
 
 PROMPT_BATCH = 16  # prompts per predictor call (bounds the (N, L, H, W) logits in memory)
@@ -32,6 +34,7 @@ class Frame:
     camera_info: Any | None = None
     rgb: np.ndarray | None = None
     embedding: Any | None = None
+    pose: np.ndarray | None = None  # 4x4 camera -> track_frame at the image stamp (tracks' 3D anchors)
 
     @property
     def header(self) -> Any:
@@ -94,6 +97,12 @@ class Pipeline(Protocol):
         """(object names, part names) of the current vocabulary."""
 
 
+def make_tracker(params: NodeParams) -> Tracker:
+    """The Tracker the node parameters describe (max_tracks, track_lost_after, track_forget_s, track_min_iou)."""
+    return Tracker(max_tracks=params.max_tracks, lost_after=params.track_lost_after,
+                   forget_s=params.track_forget_s, min_iou=params.track_min_iou)
+
+
 class _FramePredictor:
     """A predictor view whose ``set_image`` reuses the frame's embedding (for the automatic generator)."""
 
@@ -114,17 +123,19 @@ class FrameProcessor:
     """Segments frames with prompts (and automatic runs) and assembles their SegmentArray, counting every failure."""
 
     def __init__(self, params: NodeParams, predictor: Any, types: MessageTypes, pipeline: Pipeline,
-                 telemetry: Telemetry, model_id: str = "") -> None:
+                 telemetry: Telemetry, model_id: str = "", tracker: Tracker | None = None) -> None:
         self.params, self.predictor, self.types, self.pipeline = params, predictor, types, pipeline
         self.telemetry, self.model_id = telemetry, model_id
+        self.tracker = tracker
 
-    def process(self, frame: Frame, prompts: Sequence[PromptRequest], auto: bool) -> Output:
+    def process(self, frame: Frame, prompts: Sequence[PromptRequest], auto: bool, track: bool = False) -> Output:
         """Segment ``frame`` at once with ``prompts`` (and everything when ``auto``), outside the frame slot, the
         buffer and rate control: the offline tools' entry point, doing what ``step`` does for one frame.
 
         Prompts that do not fit the image are rejected and counted as in ``step``; the others are answered. With
         none left and no automatic run, the Output has no segments and the encoder does not run. A frame that
-        cannot be decoded or segmented raises, after being counted and logged.
+        cannot be decoded or segmented raises, after being counted and logged. ``track``: also continue the
+        tracker's tracks on this frame (frames must then come in time order).
         """
         if frame.rgb is None:
             try:
@@ -134,15 +145,17 @@ class FrameProcessor:
                 raise
         height, width = frame.rgb.shape[:2]
         valid = self._fitting(prompts, height, width)
-        if valid or auto:
-            return self.run(frame, valid, auto, strict=True)
+        if valid or auto or track:
+            return self.run(frame, valid, auto, strict=True, track=track)
         message = segments_to_msg(self.types, [], frame.header, (height, width), self.model_id)
         return Output(frame, [], message, None, [])
 
-    def run(self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool = False) -> Output | None:
+    def run(self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool = False,
+            track: bool = False) -> Output | None:
         """``_process`` with every failure counted and logged (re-raised when ``strict``, for service calls).
 
-        None when there is nothing to publish: a failure, or no valid prompt and no automatic run.
+        None when there is nothing to publish: a failure, or no valid prompt, no automatic run and no track.
+        ``track``: the tracks are decoded with the prompts, in the same predictor calls, and associated.
         """
         start = time.perf_counter()
         stage = "image"
@@ -150,7 +163,7 @@ class FrameProcessor:
             if frame.rgb is None:
                 frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
             stage = "inference"
-            return self._process(frame, prompts, auto, strict, start)
+            return self._process(frame, prompts, auto, strict, start, track)
         except Exception as exc:  # noqa: BLE001  (bad input or a failing model must never kill the node)
             self.telemetry.report("prompt" if isinstance(exc, PromptError) else stage, exc)
             if strict:
@@ -198,15 +211,19 @@ class FrameProcessor:
         return valid
 
     def _process(
-        self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool, start: float
+        self, frame: Frame, prompts: list[PromptRequest], auto: bool, strict: bool, start: float, track: bool
     ) -> Output | None:
-        """Segment ``prompts`` (and everything, when ``auto``) on the decoded ``frame``; ``start``: perf_counter
-        when its work began."""
+        """Segment ``prompts`` (and everything, when ``auto``; the tracks, when ``track``) on the decoded ``frame``;
+        ``start``: perf_counter when its work began."""
         params = self.params
         height, width = frame.rgb.shape[:2]
         valid = self._fitting(prompts, height, width, strict=strict)
-        if not valid and not auto:
+        track = track and self.tracker is not None and bool(self.tracker.tracks)
+        if not valid and not auto and not track:
             return None
+        depth_m = self._depth(frame)
+        camera = self._camera(frame) if track and frame.pose is not None and depth_m is not None else None
+        asks = self.tracker.prompts(frame.rgb, camera=camera, pose=frame.pose) if track else []
         encode_ms = 0.0
         if frame.embedding is None:
             encode_start = time.perf_counter()
@@ -216,7 +233,9 @@ class FrameProcessor:
         self.predictor.set_embedding(frame.embedding)
 
         decode_start = time.perf_counter()
-        owned: list[tuple[PromptRequest, list[Segment]]] = [(p, []) for p in valid]
+        owned: list[tuple[PromptRequest, list[Segment]]] = [(p, []) for p in valid] + [
+            (PromptRequest(-1, np.reshape(a.point or (), (-1, 2)), np.reshape(a.box or (), (-1, 4)), a.levels), [])
+            for a in asks]
         origin: dict[int, int] = {}  # id(segment) -> index of its point in its prompt; -1: from a box
         items = [(k, "point", xy, j) for k, (p, _) in enumerate(owned) for j, xy in enumerate(p.points)]
         items += [(k, "box", box, -1) for k, (p, _) in enumerate(owned) for box in p.boxes]
@@ -236,6 +255,12 @@ class FrameProcessor:
                                              prompt.prompt_id, point, params)
                 origin.update((id(s), j) for s in new)
                 segs += new
+        tracked = []
+        if track:
+            decoded = {a.track_id: segs for a, (_, segs) in zip(asks, owned[len(valid):])}
+            tracked = self.tracker.update(decoded, frame.stamp_ns / 1e9, depth_m=depth_m, camera=camera,
+                                          pose=frame.pose)
+            del owned[len(valid):]
         runs: dict[tuple[int, ...], list[Segment]] = {}  # automatic masks by levels: AMG runs once per set
         if auto:
             runs[tuple(params.auto_levels)] = self._automatic(frame, tuple(params.auto_levels), -1)
@@ -249,7 +274,7 @@ class FrameProcessor:
         decode_ms = (time.perf_counter() - decode_start) * 1000.0
 
         post_start = time.perf_counter()
-        segments = [s for _, segs in owned for s in segs] + automatic
+        segments = [s for _, segs in owned for s in segs] + tracked + automatic
         segments = self.pipeline.annotate(frame.rgb, segments)
         removed: set[int] = set()
         for prompt, segs in owned:
@@ -261,7 +286,7 @@ class FrameProcessor:
                 removed |= {id(s) for s in segs if id(s) not in keep}
         segments = [s for s in segments if id(s) not in removed]
         _drop_dangling_links(segments)
-        results3d = self._measure_3d(frame, segments)
+        results3d = self._measure_3d(depth_m, frame.camera_info, segments)
         message = segments_to_msg(
             self.types, segments, frame.header, (height, width), self.model_id, results3d,
             encode_ms=encode_ms, decode_ms=decode_ms,
@@ -297,12 +322,31 @@ class FrameProcessor:
             seg.prompt_id = prompt_id
         return segments
 
-    def _measure_3d(self, frame: Frame, segments: list[Segment]) -> list[Segment3D] | None:
+    def _depth(self, frame: Frame) -> np.ndarray | None:
+        """The frame's depth in metres; None without depth and camera_info, or when it cannot be used."""
         if frame.depth is None or frame.camera_info is None:
             return None
         try:
-            return self.pipeline.measure_3d(segments, image_to_depth(frame.depth), frame.camera_info)
-        except ValueError as exc:  # unsupported depth encoding, depth not registered to the image...
+            return image_to_depth(frame.depth)
+        except ValueError as exc:  # unsupported depth encoding...
+            self.telemetry.report("3d", exc)
+            return None
+
+    def _camera(self, frame: Frame) -> CameraModel | None:
+        """The frame's camera model, for the tracks' 3D anchors; None when its camera_info is unusable."""
+        try:
+            return CameraModel.from_camera_info(frame.camera_info)
+        except ValueError as exc:
+            self.telemetry.report("track", exc)
+            return None
+
+    def _measure_3d(self, depth_m: np.ndarray | None, camera_info: Any, segments: list[Segment]
+                    ) -> list[Segment3D] | None:
+        if depth_m is None:
+            return None
+        try:
+            return self.pipeline.measure_3d(segments, depth_m, camera_info)
+        except ValueError as exc:  # depth not registered to the image...
             self.telemetry.report("3d", exc)
             return None
 

@@ -2,7 +2,7 @@
 
 Every array starts with a DELETEALL marker (markers of segments gone since the last frame disappear), then for
 each segment with 3D: its oriented box (CUBE, namespace ``<ns>/box``), centroid (SPHERE, ``<ns>/centroid``),
-label (TEXT_VIEW_FACING, ``<ns>/label``), principal axis (ARROW, ``<ns>/axis``) and grasp (ARROW from the
+label (TEXT_VIEW_FACING, ``<ns>/label``: label, segment id and track id), principal axis (ARROW, ``<ns>/axis``) and grasp (ARROW from the
 grasp point against its normal, the approach direction, ``<ns>/grasp``), all with marker id = segment
 id, coloured ``segment_color(segment.id)`` like the overlay image, with a lifetime so that they vanish when the
 node stops publishing.
@@ -89,7 +89,7 @@ def marker_array(
                               (r, g, b, 1.0)))
         lift = 0.5 * float(np.linalg.norm(m.size)) + text_height_m
         markers.append(marker(f"{ns}/label", seg.id, TEXT_VIEW_FACING, ADD, m.box_center + lift * up_vec,
-                              identity, (0.0, 0.0, text_height_m), (r, g, b, 1.0), text=f"{seg.label} #{seg.id}"))
+                              identity, (0.0, 0.0, text_height_m), (r, g, b, 1.0), text=_caption(seg)))
         length = max(0.5 * float(m.size[0]), 0.02)
         shaft = float(np.clip(0.1 * length, 0.002, 0.01))
         markers.append(marker(f"{ns}/axis", seg.id, ARROW, ADD, zero, identity, (shaft, 2 * shaft, 0.25 * length),
@@ -98,6 +98,12 @@ def marker_array(
             markers.append(marker(f"{ns}/grasp", seg.id, ARROW, ADD, zero, identity, (shaft, 2 * shaft, 0.25 * length),
                                   (r, g, b, 1.0), points=(m.grasp_point + length * m.grasp_normal, m.grasp_point)))
     return types.make("visualization_msgs/msg/MarkerArray", markers=markers)
+
+
+def _caption(seg: Any) -> str:
+    """"<label> #<segment id>", with " T<track id>" when the segment is tracked."""
+    track_id = getattr(seg, "track_id", -1)
+    return f"{seg.label} #{seg.id}" + (f" T{track_id}" if track_id >= 0 else "")
 
 
 def _point(types: MessageTypes, p: Sequence[float]) -> Any:

@@ -33,6 +33,7 @@ from tf2_ros import Buffer, TransformListener
 from visualization_msgs.msg import MarkerArray
 
 from semsam_ros.geometry import CameraModel, project_point
+from semsam_ros.geometry.mask3d import quaternion_to_matrix
 from semsam_ros.msg import Prompt, SegmentArray
 from semsam_ros.ros.convert import PromptRequest, label_info, prompt_from_msg, stamp_to_ns, transform_point
 from semsam_ros.ros.frame_processor import Output
@@ -42,7 +43,7 @@ from semsam_ros.ros.params import RUNTIME_PARAMS, NodeParams
 from semsam_ros.ros.pipeline import ModelPipeline, load_predictor
 from semsam_ros.ros.scheduler import Scheduler
 from semsam_ros.srv import Segment as SegmentService
-from semsam_ros.srv import SetVocabulary
+from semsam_ros.srv import SetVocabulary, Track, Untrack
 
 try:  # optional: the Detection2DArray mirror and LabelInfo are published only when vision_msgs is installed
     from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -133,7 +134,7 @@ class SemsamNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self._core = Scheduler(params, predictor, self._types, pipeline, model_id=model_id,
-                               log=self.get_logger().warning)
+                               log=self.get_logger().warning, camera_pose=self._camera_pose)
         self._hardware_id = f"{params.backend}/{params.precision} on {predictor.device}"
         self._create_outputs()
         self._tf_buffer = Buffer()
@@ -234,6 +235,8 @@ class SemsamNode(LifecycleNode):
             self.create_service(Trigger, "~/clear_prompts", self._on_clear_prompts, callback_group=self._inputs),
             self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary,
                                 callback_group=self._inputs),
+            self.create_service(Track, "~/track", self._on_track, callback_group=self._inputs),
+            self.create_service(Untrack, "~/untrack", self._on_untrack, callback_group=self._inputs),
         ]
         self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._inputs)
 
@@ -327,6 +330,39 @@ class SemsamNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001  (bad prompt or image, inference failure: told to the caller)
             response.success, response.message = False, f"{type(exc).__name__}: {exc}"
         return response
+
+    def _on_track(self, request: Any, response: Any) -> Any:
+        """Start tracks; all of the request's or none (a refused prompt stops those started before it)."""
+        ids: list[int] = []
+        try:
+            for msg in request.prompts:
+                ids += self._core.track(prompt_from_msg(msg))
+        except ValueError as exc:
+            self._core.untrack(ids)
+            response.success, response.message, response.track_ids = False, str(exc), []
+            return response
+        response.success, response.message, response.track_ids = True, f"started {len(ids)} track(s)", ids
+        return response
+
+    def _on_untrack(self, request: Any, response: Any) -> Any:
+        stopped = self._core.untrack(None if request.all else [int(i) for i in request.track_ids])
+        response.success, response.message, response.stopped = True, f"stopped {len(stopped)} track(s)", stopped
+        return response
+
+    def _camera_pose(self, camera_frame: str, stamp_ns: int) -> np.ndarray | None:
+        """4x4 pose of ``camera_frame`` in ``track_frame`` at ``stamp_ns`` from TF (called by the worker); None
+        when TF cannot tell (counted and logged)."""
+        try:
+            t = self._tf_buffer.lookup_transform(self._core.params.track_frame, camera_frame,
+                                                 Time(nanoseconds=stamp_ns), timeout=Duration(seconds=TF_TIMEOUT_S))
+        except TransformException as exc:
+            self._core.errors.report(f"track/{type(exc).__name__}", f"no camera pose for tracking: {exc}")
+            return None
+        q, v = t.transform.rotation, t.transform.translation
+        pose = np.eye(4)
+        pose[:3, :3] = quaternion_to_matrix([q.x, q.y, q.z, q.w])
+        pose[:3, 3] = (v.x, v.y, v.z)
+        return pose
 
     def _on_clear_prompts(self, request: Any, response: Any) -> Any:
         count = self._core.clear_prompts()

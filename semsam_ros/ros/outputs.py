@@ -25,10 +25,17 @@ NEEDS_3D = ("markers", "points")
 
 
 def overlay_captions(output: Output, semantics: bool) -> list[str] | None:
-    """With semantics, each mask's level, label and label score (None: the overlay shows levels and IoU scores)."""
-    if not semantics:
+    """Each mask's level with its label and label score (with semantics) or IoU score, prefixed "T<track id>" when
+    it is tracked; None when there is neither semantics nor a tracked mask (the overlay's own captions)."""
+    from semsam_ros.viz.render import level_caption
+
+    if not semantics and all(s.track_id < 0 for s in output.segments):
         return None
-    return [f"L{s.level} {s.label} {s.label_score:.2f}" for s in output.segments]
+    captions = []
+    for s in output.segments:
+        caption = f"L{s.level} {s.label} {s.label_score:.2f}" if semantics else level_caption(s)
+        captions.append(f"T{s.track_id} {caption}" if s.track_id >= 0 else caption)
+    return captions
 
 
 def build_outputs(types: MessageTypes, output: Output, params: NodeParams, wanted: Callable[[str], bool],

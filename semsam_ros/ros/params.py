@@ -85,6 +85,14 @@ class NodeParams:
     text_top_k: int = _param(
         1, "masks a prompt's text keeps: per point, among its boxes' masks, or among the automatic masks of a "
            "text-only prompt")
+    max_tracks: int = _param(32, "most live tracks (tracking or lost); ~/track refuses more")
+    track_lost_after: int = _param(3, "consecutive frames without its mask after which a track is lost")
+    track_forget_s: float = _param(5.0, "a lost track is looked for this long after it was last seen, then ends, s")
+    track_min_iou: float = _param(
+        0.3, "a track takes a mask overlapping its last mask, moved to where it should be, by at least this IoU")
+    track_frame: str = _param(
+        "", "fixed TF frame (odom, map, a table) of the tracks' 3D anchors, with use_depth: camera motion is then "
+            "compensated through TF; '': image motion only")
     error_log_period: float = _param(10.0, "seconds between two log lines of the same error cause")
     autostart: bool = _param(True, "configure and activate on start")
 
@@ -133,6 +141,10 @@ class NodeParams:
             need(self.semantics or not getattr(self, name),
                  f"{name} needs semantics: true (semantics is off, so there is no vocabulary to change)")
         need(self.text_top_k >= 1, f"text_top_k must be >= 1, got {self.text_top_k}")
+        need(self.max_tracks >= 1, f"max_tracks must be >= 1, got {self.max_tracks}")
+        need(self.track_lost_after >= 1, f"track_lost_after must be >= 1, got {self.track_lost_after}")
+        need(self.track_forget_s >= 0, f"track_forget_s must be >= 0 s, got {self.track_forget_s}")
+        need(0 < self.track_min_iou <= 1, f"track_min_iou must lie in (0, 1], got {self.track_min_iou}")
         return reasons
 
     @classmethod

@@ -17,11 +17,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from semsam_ros.ros.convert import PromptRequest, stamp_to_ns
-from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output, Pipeline, PromptError
+from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output, Pipeline, PromptError, make_tracker
 from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.params import VOCABULARY_PARAMS, NodeParams
 from semsam_ros.ros.telemetry import Telemetry
+from semsam_ros.tracking import Tracker
 
 
 def update_sticky(sticky: dict[int, PromptRequest], prompt: PromptRequest) -> bool:
@@ -38,6 +41,21 @@ def update_sticky(sticky: dict[int, PromptRequest], prompt: PromptRequest) -> bo
     return not empty
 
 
+def start_tracks(tracker: Tracker, prompt: PromptRequest) -> list[int]:
+    """Start one track per point and per box of ``prompt`` (its levels, text and id kept); their ids. ValueError,
+    nothing started, without a point or a box, or beyond the tracker's ``max_tracks``."""
+    count = len(prompt.points) + len(prompt.boxes)
+    if count == 0:
+        raise ValueError(f"prompt {prompt.prompt_id}: a track starts from a point or a box (text alone cannot)")
+    live = len(tracker.tracks)
+    if live + count > tracker.max_tracks:
+        raise ValueError(f"prompt {prompt.prompt_id}: {count} new track(s) with {live} live exceed max_tracks "
+                         f"{tracker.max_tracks}")
+    common = dict(levels=prompt.levels, text=prompt.text, prompt_id=prompt.prompt_id)
+    return ([tracker.add(point=xy, **common) for xy in prompt.points]
+            + [tracker.add(box=box, **common) for box in prompt.boxes])
+
+
 @dataclass
 class _Job:
     prompts: list[PromptRequest]
@@ -50,6 +68,7 @@ class _Work:
     frame: Frame
     prompts: list[PromptRequest] = field(default_factory=list)
     auto: bool = False
+    track: bool = False
 
 
 class Scheduler:
@@ -65,12 +84,17 @@ class Scheduler:
         model_id: str = "",
         log: Callable[[str], None] = print,
         clock: Callable[[], float] = time.monotonic,
+        camera_pose: Callable[[str, int], np.ndarray | None] | None = None,
     ) -> None:
+        """``camera_pose(camera frame, stamp ns)``: the 4x4 camera -> ``track_frame`` pose (TF in the node), or
+        None when unknown; it anchors tracks in 3D when ``track_frame`` is set and depth comes with the frames."""
         reasons = params.validate()
         if reasons:
             raise ValueError("; ".join(reasons))
         self.telemetry = Telemetry(log, params.error_log_period, clock)
-        self.processor = FrameProcessor(params, predictor, types, pipeline, self.telemetry, model_id)
+        self.tracker = make_tracker(params)
+        self.processor = FrameProcessor(params, predictor, types, pipeline, self.telemetry, model_id, self.tracker)
+        self._camera_pose = camera_pose
         self._clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -167,7 +191,7 @@ class Scheduler:
         with self._lock:
             self.counters["frames_received"] += 1
             self._buffer.append(frame)
-            if self._sticky or self._auto_due():
+            if self._sticky or self._auto_due() or self.tracker.tracks:
                 if self._slot is not None:
                     self.counters["frames_dropped"] += 1
                 self._slot = frame
@@ -177,7 +201,16 @@ class Scheduler:
         """A Prompt from the topic: answered once on the frame nearest its stamp; sticky ones on every new frame.
 
         A sticky prompt replaces the sticky prompt of the same id; a prompt with no point, box or text removes it.
+        A prompt with ``track`` starts tracks instead (refusals are counted and logged).
         """
+        if prompt.track:
+            with self._lock:
+                self.counters["prompts_received"] += 1
+            try:
+                self.track(prompt)
+            except ValueError as exc:
+                self.telemetry.report("prompt", PromptError(str(exc), "track"))
+            return
         with self._lock:
             self.counters["prompts_received"] += 1
             if update_sticky(self._sticky, prompt):
@@ -204,6 +237,14 @@ class Scheduler:
                     job.future.set_exception(PromptError("prompts cleared before this request was served", "cleared"))
             self._jobs.clear()
             return count
+
+    def track(self, prompt: PromptRequest) -> list[int]:
+        """Start the tracks of ``prompt`` (``start_tracks``), continued from the next new frame; their ids."""
+        return start_tracks(self.tracker, prompt)
+
+    def untrack(self, ids: Sequence[int] | None = None) -> list[int]:
+        """Stop the tracks ``ids`` (None: all); the ids that were live."""
+        return self.tracker.remove(ids)
 
     def sticky_prompts(self) -> list[PromptRequest]:
         with self._lock:
@@ -243,31 +284,36 @@ class Scheduler:
         if frame is not None:
             item = work.setdefault(id(frame), _Work(frame))
             item.prompts.extend(p for p in sticky if all(p is not q for q in item.prompts))
+            item.track = True
+            if self.tracker.tracks and self.params.track_frame and self._camera_pose is not None and frame.depth is not None:
+                frame.pose = self._camera_pose(frame.header.frame_id, frame.stamp_ns)
             with self._lock:
                 item.auto = self._auto_due()
                 if item.auto:
                     self._next_auto = self._clock() + 1.0 / self.params.auto_rate_hz
         outputs = []
         for item in work.values():
-            output = self.processor.run(item.frame, item.prompts, item.auto)
+            output = self.processor.run(item.frame, item.prompts, item.auto, track=item.track)
             if output is not None:
                 outputs.append(output)
         return outputs
 
     def stats(self) -> dict[str, Any]:
         """Counters, errors per cause, output rate and latency, buffer and sticky prompts, for diagnostics."""
-        with self._lock:
-            buffered, sticky = len(self._buffer), len(self._sticky)
-        return self.telemetry.stats(buffered_frames=buffered, sticky_prompts=sticky)
+        return self.telemetry.stats(**self._state())
 
     def diagnostics(self) -> tuple[int, str, dict[str, str]]:
         """(level 0 OK / 1 WARN, summary, key-values) for /diagnostics; WARN when errors happened since the last
         call."""
-        with self._lock:
-            buffered, sticky = len(self._buffer), len(self._sticky)
-        return self.telemetry.diagnostics(self.model_id, buffered_frames=buffered, sticky_prompts=sticky)
+        return self.telemetry.diagnostics(self.model_id, **self._state())
 
     # --- internals ----------------------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, int]:
+        """Buffered frames, sticky prompts and tracks by state (tracks_tracking, tracks_lost, tracks_ended)."""
+        with self._lock:
+            state = {"buffered_frames": len(self._buffer), "sticky_prompts": len(self._sticky)}
+        return {**state, **{f"tracks_{name}": count for name, count in self.tracker.counts().items()}}
 
     def _auto_due(self) -> bool:
         return self.params.mode in ("auto", "both") and self._clock() >= self._next_auto

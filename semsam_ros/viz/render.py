@@ -39,7 +39,8 @@ def mask_contour(mask: np.ndarray) -> np.ndarray:
     return mask & ~eroded
 
 
-def _label(segment: Segment) -> str:
+def level_caption(segment: Segment) -> str:
+    """"L<level> <IoU score>": the default caption of a mask."""
     return f"L{segment.level} {segment.iou_score:.2f}"
 
 
@@ -109,7 +110,7 @@ def render_overlay(
         font = _font(pil.width)
         for seg in ordered:
             if seg.area:
-                caption = caption_of.get(id(seg)) or _label(seg)
+                caption = caption_of.get(id(seg)) or level_caption(seg)
                 _draw_text(draw, (seg.bbox[0], seg.bbox[1]), caption, segment_color(seg.id), font)
     draw_prompts(draw, points, boxes)
     return np.asarray(pil)
@@ -139,7 +140,7 @@ def render_level_grid(
         kept = [s for s in segments if s.level == level]
         if kept:
             tile = render_overlay(image, kept, points, boxes, text=False)
-            caption = ", ".join(_label(s) for s in kept)
+            caption = ", ".join(level_caption(s) for s in kept)
         else:
             tile = render_overlay((np.asarray(image) * 0.4).astype(np.uint8), [], points, boxes)
             caption = f"L{level} not kept"
