@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
-from semsam_ros.geometry.grasp import grasp_pixel
 
 MOTION_SIDE = 128  # long side of the grey frame the image motion is measured on, pixels
 MIN_PEAK = 0.03  # a phase-correlation peak below this is noise: no motion is reported
@@ -66,8 +66,9 @@ def interior_point(crop: np.ndarray, centroid: tuple[float, float]) -> tuple[flo
     if all(0 <= x < crop.shape[1] and 0 <= y < crop.shape[0] and crop[y, x] for x, y in probes):
         return float(cx), float(cy)
     step = max(1, -(-max(crop.shape) // INTERIOR_SIDE))
-    row, col, _ = grasp_pixel(crop, crop[::step, ::step], step)
-    return float(col), float(row)
+    inside = ndimage.distance_transform_edt(np.pad(crop[::step, ::step], 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(np.argmax(inside), inside.shape)
+    return float(col * step), float(row * step)
 
 
 def anchor_from_depth(pixel: tuple[float, float], depth_m: np.ndarray, camera: Any, pose: np.ndarray
