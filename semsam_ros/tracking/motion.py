@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-
 MOTION_SIDE = 128  # long side of the grey frame the image motion is measured on, pixels
 MIN_PEAK = 0.03  # a phase-correlation peak below this is noise: no motion is reported
 INTERIOR_SIDE = 32  # long side of the grid the most interior point is searched on
