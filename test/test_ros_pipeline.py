@@ -40,8 +40,11 @@ def test_load_failures_name_the_reason(tmp_path, checkpoint):
         load_predictor(NodeParams())
     with pytest.raises(BackendError, match=r"backend 'tensorrt' \(fp16\) cannot run on cpu: .*torch_tensorrt"):
         load_predictor(NodeParams(checkpoint=str(checkpoint), device="cpu", backend="tensorrt", precision="fp16"))
-    with pytest.raises(Exception, match="missing.pth"):
+    with pytest.raises(ValueError, match="cannot load '.*missing.pth'"):
         load_predictor(NodeParams(checkpoint=str(tmp_path / "missing.pth"), device="cpu"))
+    # a size the model cannot run is a size problem, named with its parameter and the smallest usable value
+    with pytest.raises(ValueError, match=r"short_side=48 is too small .* smallest usable value is 65 .*input_size"):
+        load_predictor(NodeParams(checkpoint=str(checkpoint), device="cpu", input_size=48))
 
 
 def test_prompt_through_the_node_pipeline_matches_the_python_api(checkpoint):
