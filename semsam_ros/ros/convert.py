@@ -26,6 +26,7 @@ class PromptRequest:
     sticky: bool = False
     stamp_ns: int = 0  # 0: the newest frame
     frame_id: str = ""
+    camera: str = ""  # the camera whose image the pixels belong to ('' the only or first one)
 
     @property
     def is_empty(self) -> bool:
@@ -238,6 +239,7 @@ def prompt_from_msg(msg: Any) -> PromptRequest:
         sticky=bool(msg.sticky),
         stamp_ns=stamp_to_ns(msg.header.stamp),
         frame_id=msg.header.frame_id,
+        camera=msg.camera,
     )
 
 
@@ -261,6 +263,7 @@ def prompt_to_msg(types: MessageTypes, prompt: PromptRequest) -> Any:
         levels=types.byte_array(np.array(prompt.levels, dtype=np.uint8)),
         text=prompt.text,
         sticky=bool(prompt.sticky),
+        camera=prompt.camera,
     )
 
 

@@ -32,6 +32,8 @@ class Frame:
     camera_info: Any | None = None
     rgb: np.ndarray | None = None
     embedding: Any | None = None
+    camera: str = ""  # the camera it came from ('' for a node with one unnamed camera)
+    encode_ms: float = 0.0  # time of the encoder call that computed ``embedding``, until a result reports it
 
     @property
     def header(self) -> Any:
@@ -118,6 +120,37 @@ class FrameProcessor:
         self.params, self.predictor, self.types, self.pipeline = params, predictor, types, pipeline
         self.telemetry, self.model_id = telemetry, model_id
 
+    def encode(self, work: Sequence[tuple[Frame, Sequence[PromptRequest], bool]]) -> list[Frame]:
+        """Decode the frames of ``work`` (frame, prompts, automatic run) and encode, in one batched encoder call
+        per padded size, those without an embedding that have a prompt that fits or an automatic run. Returns the
+        decoded frames (to ``run``); the failures are counted and logged."""
+        decoded, todo = [], []
+        for frame, prompts, auto in work:
+            if frame.rgb is None:
+                try:
+                    frame.rgb = image_to_rgb(frame.image)
+                except Exception as exc:  # noqa: BLE001  (bad input must never kill the node)
+                    self.telemetry.report("image", exc)
+                    continue
+            decoded.append(frame)
+            if frame.embedding is None and (auto or any(self._fits(p, *frame.rgb.shape[:2]) for p in prompts)):
+                todo.append(frame)
+        if todo:
+            try:
+                self._encode(todo)
+            except Exception as exc:  # noqa: BLE001  (a failing model must never kill the node)
+                self.telemetry.report("inference", exc)
+                return [frame for frame in decoded if frame not in todo]
+        return decoded
+
+    def _encode(self, frames: list[Frame]) -> None:
+        start = time.perf_counter()
+        embeddings = self.predictor.encode_batch([frame.rgb for frame in frames])
+        encode_ms = (time.perf_counter() - start) * 1000.0
+        for frame, embedding in zip(frames, embeddings):
+            frame.embedding, frame.encode_ms = embedding, encode_ms
+        self.telemetry.counters["frames_encoded"] += len(frames)
+
     def process(self, frame: Frame, prompts: Sequence[PromptRequest], auto: bool) -> Output:
         """Segment ``frame`` at once with ``prompts`` (and everything when ``auto``), outside the frame slot, the
         buffer and rate control: the offline tools' entry point, doing what ``step`` does for one frame.
@@ -180,6 +213,13 @@ class FrameProcessor:
                 "outside",
             )
 
+    def _fits(self, prompt: PromptRequest, height: int, width: int) -> bool:
+        try:
+            self._check(prompt, height, width)
+        except PromptError:
+            return False
+        return True
+
     def _fitting(
         self, prompts: Sequence[PromptRequest], height: int, width: int, strict: bool = False
     ) -> list[PromptRequest]:
@@ -207,12 +247,9 @@ class FrameProcessor:
         valid = self._fitting(prompts, height, width, strict=strict)
         if not valid and not auto:
             return None
-        encode_ms = 0.0
         if frame.embedding is None:
-            encode_start = time.perf_counter()
-            frame.embedding = self.predictor.encode(frame.rgb)
-            encode_ms = (time.perf_counter() - encode_start) * 1000.0
-            self.telemetry.counters["frames_encoded"] += 1
+            self._encode([frame])
+        encode_ms, frame.encode_ms = frame.encode_ms, 0.0  # reported once, by the first result of the frame
         self.predictor.set_embedding(frame.embedding)
 
         decode_start = time.perf_counter()
