@@ -1,9 +1,11 @@
 """Several cameras, one Scheduler: per-camera slots and prompts, one batched encoder call per step."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from semsam_ros.ros.cameras import CameraParams, build_cameras
+from semsam_ros.ros.cameras import CameraParams, build_cameras, camera_parameters
 from semsam_ros.ros.convert import stamp_to_ns
 from semsam_ros.ros.params import NodeParams, load_node_params
 from semsam_ros.ros.scheduler import Scheduler
@@ -83,8 +85,22 @@ def test_single_camera_keeps_todays_names_and_cameras_read_their_parameters():
     head, wrist = build_cameras(["head", "wrist"], {"wrist.image": "/arm/color", "wrist.image_transport":
                                                     "compressed", "wrist.max_rate_hz": 5.0})
     assert (head.image_topic, head.depth, head.output("overlay")) == ("head/image", "head/depth", "~/head/overlay")
-    assert (wrist.image_topic, wrist.camera_info, wrist.max_rate_hz) == ("/arm/color/compressed", "wrist/camera_info", 5.0)
+    assert (wrist.image_topic, wrist.camera_info, wrist.max_rate_hz) == (
+        "/arm/color/compressed", "wrist/camera_info", 5.0)
     with pytest.raises(ValueError, match="wrist.image_transport must be raw or compressed"):
         build_cameras(["wrist"], {"wrist.image_transport": "theora"})
     with pytest.raises(ValueError, match="cameras not in the cameras list: base.image"):
         load_node_params(overrides={"cameras": ["head"], "base.image": "/x"})
+
+
+def test_launch_camera_parameters_come_from_the_cameras_file(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    values = camera_parameters(["head", "wrist"], root / "config/cameras.yaml")
+    assert values["cameras"] == ["head", "wrist"] and values["wrist.image_transport"] == "compressed"
+    params = load_node_params(overrides=values)
+    assert params.cameras == ["head", "wrist"]
+    (tmp_path / "cams.yaml").write_text("head: {image: /h, fps: 3}\n")
+    with pytest.raises(ValueError, match="unknown camera field.*head.fps"):
+        camera_parameters(["head"], tmp_path / "cams.yaml")
+    with pytest.raises(ValueError, match="no entry for camera.*wrist"):
+        camera_parameters(["wrist"], tmp_path / "cams.yaml")

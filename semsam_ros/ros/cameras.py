@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 TRANSPORTS = ("raw", "compressed")
@@ -84,3 +87,25 @@ def build_cameras(names: list[str], values: Mapping[str, Any], image_transport: 
     if reasons:
         raise ValueError("; ".join(reasons))
     return cameras
+
+
+def camera_parameters(names: list[str], path: str | Path) -> dict[str, Any]:
+    """The node parameters of cameras ``names`` from a cameras YAML (``<camera>: {image: ..., depth: ...}``, fields
+    as :data:`CAMERA_FIELDS`): ``cameras`` and every ``<camera>.<field>`` the file gives. ValueError naming the
+    file when a listed camera is missing from it or a value is unusable."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read cameras file {path}: {exc}") from None
+    missing = [n for n in names if not isinstance(data.get(n), dict)]
+    if missing:
+        raise ValueError(f"{path}: no entry for camera(s) {', '.join(missing)} (has: {', '.join(map(str, data))})")
+    values = {f"{n}.{k}": v for n in names for k, v in data[n].items()}
+    unknown = sorted(k for k in values if not is_camera_key(k))
+    if unknown:
+        raise ValueError(f"{path}: unknown camera field(s) {', '.join(unknown)}; known: {', '.join(CAMERA_FIELDS)}")
+    try:
+        build_cameras(names, values)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return {"cameras": list(names), **values}
