@@ -238,10 +238,11 @@ class SemsamNode(LifecycleNode):
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         outputs = {"segments": SegmentArray, "overlay": Image, "label_image": Image, "markers": MarkerArray,
-                   "points": PointCloud2}
+                   "points": PointCloud2, "detections": Detection2DArray}
         self._outputs = {}
-        if Detection2DArray is not None:
-            outputs["detections"] = Detection2DArray
+        if Detection2DArray is None:
+            del outputs["detections"]
+        else:
             self._outputs[LABEL_INFO] = self.create_lifecycle_publisher(LabelInfo, LABEL_INFO, latched)
         for cam in self._core.cameras:  # keyed by topic: ~/segments, or ~/<camera>/segments
             self._outputs.update({cam.output(name): self.create_lifecycle_publisher(cls, cam.output(name), reliable)
