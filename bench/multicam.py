@@ -4,8 +4,9 @@ encoder call) against one camera after another (``Predictor.encode`` per image).
     python3 bench/multicam.py [--models tiny,swint] [--image 480x640] [--short-side 640] [--cameras 1,2,4]
         [--device cpu|cuda] [--iters 5] [--threads N] [--out FILE]
 
-Random weights; every camera sends a different image of the same size. Prints JSON: per camera count, the
-median time of one step (all cameras) and per frame, each way, and the step's time relative to one camera.
+Random weights; every camera sends a different image of the same size. The two ways are timed alternately.
+Prints JSON: per camera count, the median time of one step (all cameras) and per frame, each way, and the
+batched step's time relative to the first camera count.
 """
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ def bench(name: str, shape: tuple[int, int], short_side: int, counts: list[int],
     result: dict = {}
     for count in counts:
         images = camera_images(shape, count)
-        batched = latency(time_ms(lambda: predictor.encode_batch(images), device, iters, warmup))["median_ms"]
-        sequential = latency(time_ms(lambda: [predictor.encode(i) for i in images], device, iters, warmup))["median_ms"]
+        ways = {"batched": lambda: predictor.encode_batch(images),
+                "sequential": lambda: [predictor.encode(image) for image in images]}
+        times: dict[str, list[float]] = {way: time_ms(run, device, 0, warmup) for way, run in ways.items()}
+        for _ in range(iters):  # alternated, so that a busy machine slows both ways alike
+            for way, run in ways.items():
+                times[way] += time_ms(run, device, 1, 0)
+        batched, sequential = (latency(times[way])["median_ms"] for way in ways)
         result[f"cameras_{count}"] = {
             "batched_step_ms": round(batched, 2),
             "sequential_step_ms": round(sequential, 2),
