@@ -61,8 +61,8 @@ def make_segments(count: int, rng: np.random.Generator) -> list:
 class InstantModel:
     """A predictor with no cost: the core's own overhead is what is measured."""
 
-    def encode(self, image: np.ndarray) -> SimpleNamespace:
-        return SimpleNamespace(shape=image.shape[:2])
+    def encode_batch(self, images: list[np.ndarray]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(shape=image.shape[:2]) for image in images]
 
     def set_embedding(self, embedding: SimpleNamespace) -> None:
         self.embedding = embedding

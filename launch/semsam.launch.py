@@ -1,7 +1,11 @@
-"""Start the semsam lifecycle node (and optionally RViz) for one camera.
+"""Start the semsam lifecycle node (and optionally RViz) for one camera, or for several with one model.
 
     ros2 launch semsam_ros semsam.launch.py checkpoint:=/path/swint_only_sam_many2many.pth \
         image:=/camera/color/image_raw camera_info:=/camera/color/camera_info use_rviz:=true
+    ros2 launch semsam_ros semsam.launch.py checkpoint:=... cameras:=head,wrist cameras_file:=/path/cameras.yaml
+
+With ``cameras`` each camera's topics come from ``cameras_file`` (default: the package's config/cameras.yaml) and
+``image``, ``camera_info`` and ``depth`` are not used.
 
 Empty arguments keep the value of ``params_file`` (default: the package's config/semsam.yaml).
 """
@@ -14,6 +18,8 @@ from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from semsam_ros.ros.cameras import camera_parameters
 
 SHARE = get_package_share_directory("semsam_ros")
 
@@ -36,6 +42,8 @@ ARGUMENTS = {
     "image": ("/camera/color/image_raw", "camera image topic (for compressed transport: its base topic)"),
     "camera_info": ("/camera/color/camera_info", "camera_info topic of that image"),
     "depth": ("/camera/aligned_depth_to_color/image_raw", "depth registered to the image (with use_depth)"),
+    "cameras": ("", "comma-separated camera names served by one node (empty: the one camera above)"),
+    "cameras_file": (os.path.join(SHARE, "config", "cameras.yaml"), "per-camera topics, transport and rate cap"),
     "params_file": (os.path.join(SHARE, "config", "semsam.yaml"), "node parameters YAML"),
     "use_rviz": ("false", "also start RViz with the package's configuration"),
     "rviz_config": (os.path.join(SHARE, "config", "semsam.rviz"), "RViz configuration"),
@@ -57,6 +65,9 @@ def _setup(context: LaunchContext) -> list[Node]:
         return LaunchConfiguration(name).perform(context)
 
     overrides = {name: _typed(name, arg(name), kind) for name, (kind, _) in OVERRIDES.items() if arg(name) != ""}
+    cameras = [name.strip() for name in arg("cameras").split(",") if name.strip()]
+    if cameras:
+        overrides.update(camera_parameters(cameras, arg("cameras_file")))
     image = arg("image")
     actions = [
         Node(

@@ -608,15 +608,14 @@ def test_option_parsing(tmp_path):
 
 def test_core_process_answers_what_fits_and_skips_the_encoder_when_nothing_does(predictor):
     encoded_images = []
-    encode = predictor.encode
 
     class Counting:
         def __getattr__(self, name):
             return getattr(predictor, name)
 
-        def encode(self, image):
-            encoded_images.append(image.shape)
-            return encode(image)
+        def encode_batch(self, images):
+            encoded_images.extend(image.shape for image in images)
+            return predictor.encode_batch(images)
 
     logs: list[str] = []
     core = FrameProcessor(PARAMS, Counting(), TYPES, ModelPipeline(PARAMS, "cpu"), Telemetry(logs.append, 10.0, time.monotonic))

@@ -49,7 +49,7 @@ def test_encoder_and_decoder_shapes(model, image_input):
     h4, w4 = 96 // 4, 128 // 4
     s = sum(h * w for h, w in memory_shapes(h4, w4))
     assert mask_features.shape == (1, cfg.hidden_dim, h4, w4)
-    assert values.shape == (cfg.decoder_layers, 8, cfg.hidden_dim // 8, s)
+    assert values.shape == (1, cfg.decoder_layers, 8, cfg.hidden_dim // 8, s)
     assert logits.shape == (3, 6, h4, w4) and logits.dtype == torch.float32
     assert ious.shape == (3, 6) and torch.isfinite(logits).all()
 
@@ -109,6 +109,47 @@ def test_export_matches_eager(model, image_input):
     torch.testing.assert_close(v2, values, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits2, logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ious2, ious, rtol=1e-5, atol=1e-5)
+
+
+def _batch_inputs(model, count: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (count, 3, 70, 100), generator=gen, dtype=torch.uint8)
+    return torch.cat([model.preprocess(image) for image in images])
+
+
+def assert_rel_equal(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    assert actual.shape == expected.shape
+    err = float((actual - expected).abs().max() / expected.abs().max())
+    assert err <= rel, f"relative error {err:.2e}"
+
+
+def test_encoder_batch_equals_each_image_alone(model):
+    """B images in one call give, per image, what that image gives alone (and decode the same)."""
+    batch = _batch_inputs(model, 3)
+    boxes, pb = _boxes(2), torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        mask_features, values = model.image_encoder(batch)
+        assert mask_features.shape[0] == values.shape[0] == 3
+        for i in range(3):
+            alone_features, alone_values = model.image_encoder(batch[i : i + 1])
+            assert_rel_equal(mask_features[i : i + 1], alone_features)
+            assert_rel_equal(values[i : i + 1], alone_values)
+            logits, ious = model.prompt_decoder(boxes, pb, mask_features[i : i + 1], values[i : i + 1])
+            alone_logits, alone_ious = model.prompt_decoder(boxes, pb, alone_features, alone_values)
+            assert_rel_equal(logits, alone_logits, 1e-4)
+            torch.testing.assert_close(ious, alone_ious, rtol=0, atol=1e-5)
+    assert not torch.allclose(mask_features[0], mask_features[1])  # the images differ, and so do their features
+
+
+def test_encoder_exports_at_a_fixed_batch(model):
+    batch = _batch_inputs(model, 2)
+    with torch.no_grad():
+        mask_features, values = model.image_encoder(batch)
+    encoder = torch.export.export(model.image_encoder, (batch,), strict=False)
+    with torch.no_grad():
+        mf2, v2 = encoder.module()(batch)
+    torch.testing.assert_close(mf2, mask_features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v2, values, rtol=1e-5, atol=1e-5)
 
 
 def test_relative_position_index_matches_definition():

@@ -35,6 +35,31 @@ def test_public_api(tiny_checkpoint, test_image):
     assert predictor.image_size == (48, 80)
 
 
+def test_encode_batch_groups_by_padded_size_and_equals_encode(tiny_model, test_image):
+    """Three images, two padded sizes: two encoder calls, and every embedding equals encoding its image alone."""
+    predictor = Predictor(tiny_model, short_side=96)
+    calls = []
+    encoder = predictor.backend.image_encoder
+    predictor.backend.image_encoder = lambda x: calls.append(tuple(x.shape)) or encoder(x)
+    images = [test_image, np.ascontiguousarray(test_image[::-1]), np.ascontiguousarray(test_image[:, :48])]
+    batch = predictor.encode_batch(images)
+    assert sorted(calls) == [(1, 3, 96, 96), (2, 3, 96, 160)]
+    for image, emb in zip(images, batch):
+        alone = predictor.encode(image)
+        assert (emb.original_size, emb.resized_size, emb.padded_size) == (
+            alone.original_size, alone.resized_size, alone.padded_size)
+        assert emb.mask_features.shape == alone.mask_features.shape and emb.values.shape[0] == 1
+        scale = alone.mask_features.abs().max()
+        assert (emb.mask_features - alone.mask_features).abs().max() <= 1e-5 * scale
+        predictor.set_embedding(emb)
+        batched = predictor.predict(points=[[10, 12]])
+        predictor.set_embedding(alone)
+        single = predictor.predict(points=[[10, 12]])
+        np.testing.assert_allclose(batched.mask_logits, single.mask_logits, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(batch[0].mask_features, batch[1].mask_features)
+    assert predictor.encode_batch([]) == []
+
+
 def test_input_size_is_a_deprecated_alias_of_short_side(tiny_model, test_image):
     with pytest.warns(DeprecationWarning, match="short_side"):
         old = Predictor(tiny_model, input_size=80)

@@ -203,17 +203,18 @@ def test_prompt_from_rclpy_like_message():
         header=SimpleNamespace(stamp=SimpleNamespace(sec=1, nanosec=2), frame_id="cam"), prompt_id=0,
         points=[SimpleNamespace(x=1.0, y=2.0, z=9.0)], boxes=[], levels=bytes([1, 1, 2]), text="", sticky=False,
         track=True,
+        camera="wrist",
     )
     request = prompt_from_msg(msg)
     assert request.points.tolist() == [[1.0, 2.0]] and request.boxes.shape == (0, 4) and request.levels == (1, 2)
-    assert request.stamp_ns == 1_000_000_002 and request.track is True
+    assert request.stamp_ns == 1_000_000_002 and request.track is True and request.camera == "wrist"
 
 
 @pytest.mark.parametrize("field, value, match", [("prompt_id", -1, "prompt_id must be >= 0"),
                                                  ("levels", bytes([0, 7]), "levels must lie in 1..6")])
 def test_bad_prompts(field, value, match):
     msg = SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=0, nanosec=0), frame_id=""),
-                          prompt_id=0, points=[], boxes=[], levels=b"", text="", sticky=False)
+                          prompt_id=0, points=[], boxes=[], levels=b"", text="", sticky=False, camera="")
     setattr(msg, field, value)
     with pytest.raises(ValueError, match=match):
         prompt_from_msg(msg)

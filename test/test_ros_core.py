@@ -30,12 +30,17 @@ class FakePredictor:
 
     def __init__(self) -> None:
         self.encoded: list[np.ndarray] = []
+        self.batches: list[int] = []  # images per encode_batch call
         self.embedding = None
         self.predict_calls: list[tuple[np.ndarray, np.ndarray]] = []
 
     def encode(self, image: np.ndarray):
         self.encoded.append(image)
         return SimpleNamespace(index=len(self.encoded), shape=image.shape[:2])
+
+    def encode_batch(self, images):
+        self.batches.append(len(images))
+        return [self.encode(image) for image in images]
 
     def set_embedding(self, embedding) -> None:
         self.embedding = embedding
@@ -137,7 +142,7 @@ def test_default_params_are_valid_and_mirrored_in_config():
     defaults = dataclasses.asdict(NodeParams())
     # ROS 2 parameter files cannot hold empty lists (no element type): those are commented out, with an example
     empty = {name for name, value in defaults.items() if value == []}
-    assert empty == {"vocabulary_objects", "vocabulary_parts"}
+    assert empty == {"cameras", "vocabulary_objects", "vocabulary_parts"}
     assert yaml.safe_load(text)["/**"]["ros__parameters"] == {k: v for k, v in defaults.items() if k not in empty}
     commented = {m.group(1) for m in re.finditer(r"^\s+# (\w+): \[", text, re.M)}
     assert empty <= commented
@@ -156,7 +161,7 @@ def test_every_param_is_documented():
     [("device", "gpu"), ("backend", "onnx"), ("mode", "sometimes"), ("auto_rate_hz", 0.0), ("auto_levels", [0, 3]),
      ("auto_levels", []), ("dedupe_iou", 1.5), ("buffer_size", 0), ("label_image_level", 7),
      ("image_transport", "theora"), ("score_threshold", float("nan")), ("max_stamp_diff", -1.0),
-     ("vocabulary_parts", ["handle", " "]), ("text_top_k", 0)],
+     ("vocabulary_parts", ["handle", " "]), ("text_top_k", 0), ("cameras", ["head", "head"]), ("cameras", ["2nd"])],
 )
 def test_bad_param_values_are_explained(name, value):
     reasons = NodeParams(semantics=True, **{name: value}).validate()

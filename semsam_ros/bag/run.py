@@ -24,6 +24,7 @@ from semsam_ros.ros.scheduler import start_tracks, update_sticky
 from semsam_ros.ros.outputs import NEEDS_3D, OUTPUT_TYPES, build_outputs
 
 RENDER_QUEUE = 2  # frames whose outputs may be rendering in the background at once
+WAIT_FRAMES = 4  # queued frames per camera after which a frame is segmented without waiting for the other cameras
 
 
 @dataclass
@@ -295,18 +296,31 @@ class BagRun:
                    for topic, ordinal in ((camera.depth_topic, item.depth), (camera.info_topic, item.info)))
 
     def _flush(self, writer: Any, renderer: ThreadPoolExecutor, final: bool) -> None:
-        """Segment the queued frames in order, as far as they are ready (all of them when ``final``); their outputs
-        are rendered and serialised in the background while the next frame is segmented."""
-        while self.pending and (final or self._ready(self.pending[0])):
-            item = self.pending.popleft()
+        """Segment the queued frames in order, as far as they are ready (all of them when ``final``): consecutive
+        frames of different cameras are encoded together, as the node does, so with several cameras a frame waits
+        until every camera has one queued (or ``WAIT_FRAMES`` per camera are). Their outputs are rendered and
+        serialised in the background while the next frames are segmented."""
+        while self.pending and (final or (self._ready(self.pending[0]) and self._batch_due())):
+            batch = [self.pending.popleft()]
+            while (self.pending and self.pending[0].camera not in [item.camera for item in batch]
+                   and (final or self._ready(self.pending[0]))):
+                batch.append(self.pending.popleft())
             self.check_interrupt()
-            output = self._segment(item)
-            if output is None:
-                self.summary.skipped += 1
-            else:
-                self.rendering.append(renderer.submit(self._render, item, output))
-            self._write_rendered(writer, RENDER_QUEUE)
-            self.bar.update()
+            frames = [self._frame(item) for item in batch]
+            work = [(frame, item.prompts, self.options.auto) for item, frame in zip(batch, frames) if frame is not None]
+            ready = {id(frame) for frame in self.processor.encode(work)}
+            for item, frame in zip(batch, frames):
+                output = self._segment(frame, item) if id(frame) in ready else None
+                if output is None:
+                    self.summary.skipped += 1
+                else:
+                    self.rendering.append(renderer.submit(self._render, item, output))
+                self._write_rendered(writer, RENDER_QUEUE)
+                self.bar.update()
+
+    def _batch_due(self) -> bool:
+        queued = {item.camera.topic for item in self.pending}
+        return len(queued) == len(self.cameras) or len(self.pending) >= WAIT_FRAMES * len(self.cameras)
 
     def _write_rendered(self, writer: Any, keep: int) -> None:
         """Write the rendered outputs, in order: those done, and all but ``keep`` of the others once done."""
@@ -330,8 +344,8 @@ class BagRun:
             self.processor.telemetry.errors.report(f"3d/{type(exc).__name__}", f"{topic}: cannot deserialise message: {exc}")
             return None
 
-    def _segment(self, item: _Pending) -> Output | None:
-        """The frame's Output, or None when it cannot be segmented (counted and logged)."""
+    def _frame(self, item: _Pending) -> Frame | None:
+        """The queued frame with its depth and camera_info, or None when it cannot be read (counted and logged)."""
         camera = item.camera
         depth, info = self._take(camera.depth_topic, item.depth), self._take(camera.info_topic, item.info)
         try:
@@ -342,6 +356,10 @@ class BagRun:
         if camera.depth_topic is not None and (item.depth is None or item.info is None):
             self.processor.telemetry.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
                                                    f"{stamp_to_ns(image.header.stamp)} ns")
+        return Frame(image, stamp_to_ns(image.header.stamp), depth, info, camera=camera.topic)
+
+    def _segment(self, frame: Frame, item: _Pending) -> Output | None:
+        """The frame's Output, or None when it cannot be segmented (counted and logged)."""
         prompts, tracker = item.prompts, self.processor.tracker
         if tracker is not None:  # --track: the first prompted frame's prompts start the tracks, then only tracks
             for prompt in prompts if not self.tracks_started else ():
@@ -349,11 +367,10 @@ class BagRun:
                 try:
                     start_tracks(tracker, prompt)
                 except ValueError as exc:
-                    self.processor.telemetry.errors.report("track/start", f"{camera.topic}: {exc}")
+                    self.processor.telemetry.errors.report("track/start", f"{item.camera.topic}: {exc}")
             prompts = []
         try:
-            return self.processor.process(Frame(image, stamp_to_ns(image.header.stamp), depth, info), prompts,
-                                     self.options.auto, track=tracker is not None)
+            return self.processor.process(frame, prompts, self.options.auto, track=tracker is not None)
         except Exception:  # noqa: BLE001  (counted and logged by the processor; the frame is skipped)
             return None
 

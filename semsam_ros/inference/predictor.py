@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -148,7 +148,7 @@ class ImageEmbedding:
     """Everything the prompt decoder needs about one image."""
 
     mask_features: Tensor  # (1, C, Hp/4, Wp/4)
-    values: Tensor  # (decoder layers, heads, C/heads, S)
+    values: Tensor  # (1, decoder layers, heads, C/heads, S)
     original_size: tuple[int, int]  # (H, W) of the image given to set_image / encode
     resized_size: tuple[int, int]  # (h, w) after the short-side resize, before padding
     padded_size: tuple[int, int]  # (Hp, Wp) of the model input
@@ -236,15 +236,39 @@ class Predictor:
     def encode(self, image: np.ndarray, image_format: str = "RGB") -> ImageEmbedding:
         """Run the image encoder on an HxWx3 uint8 image (any size; short side resized to ``short_side``, long side
         at most ``max_long_side`` after that)."""
+        return self.encode_batch([image], image_format)[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, images: Sequence[np.ndarray], image_format: str = "RGB") -> list[ImageEmbedding]:
+        """:meth:`encode` of several images (e.g. one per camera), in order, each equal to encoding it alone.
+
+        Images of one padded size go through the encoder together: one call per padded size (split into calls of
+        at most ``backend.encoder_batch`` images for backends built at a fixed batch).
+        """
+        inputs = [self._model_input(image, image_format) for image in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, _, x) in enumerate(inputs):
+            groups.setdefault((int(x.shape[2]), int(x.shape[3])), []).append(i)
+        embeddings: list[ImageEmbedding | None] = [None] * len(inputs)
+        step = self.backend.encoder_batch or len(inputs)
+        for padded, group in groups.items():
+            for start in range(0, len(group), step):
+                chunk = group[start : start + step]
+                mask_features, values = self.backend.image_encoder(torch.cat([inputs[i][2] for i in chunk]))
+                for j, i in enumerate(chunk):
+                    original, resized, _ = inputs[i]
+                    embeddings[i] = ImageEmbedding(
+                        mask_features[j : j + 1], values[j : j + 1], original, resized, padded
+                    )
+        return embeddings  # type: ignore[return-value]  (every index is in one group)
+
+    def _model_input(self, image: np.ndarray, image_format: str) -> tuple[tuple[int, int], tuple[int, int], Tensor]:
+        """(original size, resized size, the normalised padded (1, 3, Hp, Wp) input on the device) of an image."""
         image = to_rgb(image, image_format)
         check_long_side(*image.shape[:2], self.short_side, self.max_long_side)
         resized = resize_image(image, self.short_side)
         tensor = self._upload(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)
-        x = self.model.preprocess(tensor)  # normalised and padded on the device
-        mask_features, values = self.backend.image_encoder(x)
-        return ImageEmbedding(
-            mask_features, values, image.shape[:2], resized.shape[:2], (int(x.shape[2]), int(x.shape[3]))
-        )
+        return image.shape[:2], resized.shape[:2], self.model.preprocess(tensor)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode ``image`` (HxWx3 uint8, ``image_format`` "RGB" or "BGR") and make it the current image."""

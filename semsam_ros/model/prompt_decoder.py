@@ -152,12 +152,13 @@ class PromptDecoder(nn.Module):
     def run_layers(
         self, boxes: Tensor, pb: Tensor, values: Tensor, shapes: LevelShapes
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per-layer outputs (Q, C), un-normalised, and reference boxes (layers + 1 entries, sigmoid space)."""
+        """Per-layer outputs (Q, C), un-normalised, and reference boxes (layers + 1 entries, sigmoid space);
+        ``values`` (1, layers, heads, C/heads, S) as the image encoder gives them for one image."""
         tgt, anchors = self.initial_queries(boxes, pb)
         ref = anchors.sigmoid()
         outputs, refs = [], [ref]
         dim = tgt.shape[1]
-        for layer, layer_values in zip(self.layers, values):
+        for layer, layer_values in zip(self.layers, values[0]):
             pos = self.ref_point_head(box_sine_embedding(ref, dim // 2))
             tgt = layer(tgt, pos, ref, split_levels(layer_values, shapes), shapes, self.tokens)
             ref = (self.box_embed(tgt) + inverse_sigmoid(ref)).sigmoid()
@@ -167,7 +168,7 @@ class PromptDecoder(nn.Module):
 
     def forward(self, boxes: Tensor, pb: Tensor, mask_features: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """boxes (N, 4) cx, cy, w, h relative to the padded image; pb (N,) prompt type (0 for clicks and boxes);
-        mask_features (1, C, h4, w4); values (layers, heads, C/heads, S) from the image encoder.
+        mask_features (1, C, h4, w4) and values (1, layers, heads, C/heads, S): one image's from the image encoder.
         Returns mask logits (N, 6, h4, w4) and raw IoU scores (N, 6), columns in level order 1..6."""
         _, c, h4, w4 = mask_features.shape
         outputs, _ = self.run_layers(boxes, pb, values, memory_shapes(h4, w4))

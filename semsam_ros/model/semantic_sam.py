@@ -14,9 +14,10 @@ from .swin import SwinBackbone
 class ImageEncoder(nn.Module):
     """Backbone, pixel decoder and the decoder layers' value projections (prompt-independent, so run once).
 
-    Input: the normalised image, padded bottom/right to a multiple of 32, (1, 3, Hp, Wp).
-    Output: mask features (1, C, Hp/4, Wp/4) and projected values (decoder layers, heads, C/heads, S) of the
-    decoder memory (encoder levels flattened coarse first).
+    Input: B normalised images of one size, padded bottom/right to a multiple of 32, (B, 3, Hp, Wp).
+    Output: mask features (B, C, Hp/4, Wp/4) and projected values (B, decoder layers, heads, C/heads, S) of the
+    decoder memory (encoder levels flattened coarse first). Every image is computed on its own: image ``i`` of a
+    batch gives what it gives alone (``[i : i + 1]`` of both outputs is one image's input to the prompt decoder).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -42,10 +43,11 @@ class ImageEncoder(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         mask_features, levels = self.pixel_decoder(self.backbone(image))
-        memory = torch.cat([lvl.flatten(2) for lvl in reversed(levels)], dim=2)[0]  # (C, S), coarse first
-        c, s = memory.shape
-        values = [proj(memory.t()).t().reshape(self.decoder_heads, c // self.decoder_heads, s) for proj in self.value_proj]
-        return mask_features, torch.stack(values)
+        memory = torch.cat([lvl.flatten(2) for lvl in reversed(levels)], dim=2).transpose(1, 2)  # (B, S, C)
+        b, s, c = memory.shape
+        heads = self.decoder_heads
+        values = [proj(memory).transpose(1, 2).reshape(b, heads, c // heads, s) for proj in self.value_proj]
+        return mask_features, torch.stack(values, dim=1)
 
 
 class SemanticSam(nn.Module):

@@ -28,6 +28,7 @@ class PromptRequest:
     track: bool = False  # start tracks (one per point and box) instead of being answered once
     stamp_ns: int = 0  # 0: the newest frame
     frame_id: str = ""
+    camera: str = ""  # the camera whose image the pixels belong to ('' the only or first one)
 
     @property
     def is_empty(self) -> bool:
@@ -254,6 +255,7 @@ def prompt_from_msg(msg: Any) -> PromptRequest:
         track=bool(msg.track),
         stamp_ns=stamp_to_ns(msg.header.stamp),
         frame_id=msg.header.frame_id,
+        camera=msg.camera,
     )
 
 
@@ -278,6 +280,7 @@ def prompt_to_msg(types: MessageTypes, prompt: PromptRequest) -> Any:
         text=prompt.text,
         sticky=bool(prompt.sticky),
         track=bool(prompt.track),
+        camera=prompt.camera,
     )
 
 

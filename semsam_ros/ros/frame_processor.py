@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -35,6 +35,8 @@ class Frame:
     rgb: np.ndarray | None = None
     embedding: Any | None = None
     pose: np.ndarray | None = None  # 4x4 camera -> track_frame at the image stamp (tracks' 3D anchors)
+    camera: str = ""  # the camera it came from ('' for a node with one unnamed camera)
+    encode_ms: float = 0.0  # time of the encoder call that computed ``embedding``, until a result reports it
 
     @property
     def header(self) -> Any:
@@ -128,6 +130,38 @@ class FrameProcessor:
         self.telemetry, self.model_id = telemetry, model_id
         self.tracker = tracker
 
+    def encode(self, work: Sequence[tuple[Frame, Sequence[PromptRequest], bool]]) -> list[Frame]:
+        """Decode the frames of ``work`` (frame, prompts, whether it is segmented anyway: an automatic run or
+        tracks) and encode, in one batched encoder call per padded size, those without an embedding that have a
+        prompt that fits or are segmented anyway. Returns the decoded frames (to ``run``); the failures are counted
+        and logged."""
+        decoded, todo = [], []
+        for frame, prompts, auto in work:
+            if frame.rgb is None:
+                try:
+                    frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
+                except Exception as exc:  # noqa: BLE001  (bad input must never kill the node)
+                    self.telemetry.report("image", exc)
+                    continue
+            decoded.append(frame)
+            if frame.embedding is None and (auto or any(self._fits(p, *frame.rgb.shape[:2]) for p in prompts)):
+                todo.append(frame)
+        if todo:
+            try:
+                self._encode(todo)
+            except Exception as exc:  # noqa: BLE001  (a failing model must never kill the node)
+                self.telemetry.report("inference", exc)
+                return [frame for frame in decoded if frame not in todo]
+        return decoded
+
+    def _encode(self, frames: list[Frame]) -> None:
+        start = time.perf_counter()
+        embeddings = self.predictor.encode_batch([frame.rgb for frame in frames])
+        encode_ms = (time.perf_counter() - start) * 1000.0
+        for frame, embedding in zip(frames, embeddings):
+            frame.embedding, frame.encode_ms = embedding, encode_ms
+        self.telemetry.counters["frames_encoded"] += len(frames)
+
     def process(self, frame: Frame, prompts: Sequence[PromptRequest], auto: bool, track: bool = False) -> Output:
         """Segment ``frame`` at once with ``prompts`` (and everything when ``auto``), outside the frame slot, the
         buffer and rate control: the offline tools' entry point, doing what ``step`` does for one frame.
@@ -193,6 +227,13 @@ class FrameProcessor:
                 "outside",
             )
 
+    def _fits(self, prompt: PromptRequest, height: int, width: int) -> bool:
+        try:
+            self._check(prompt, height, width)
+        except PromptError:
+            return False
+        return True
+
     def _fitting(
         self, prompts: Sequence[PromptRequest], height: int, width: int, strict: bool = False
     ) -> list[PromptRequest]:
@@ -224,12 +265,9 @@ class FrameProcessor:
         depth_m = self._depth(frame)
         camera = self._camera(frame) if track and frame.pose is not None and depth_m is not None else None
         asks = self.tracker.prompts(frame.rgb, camera=camera, pose=frame.pose) if track else []
-        encode_ms = 0.0
         if frame.embedding is None:
-            encode_start = time.perf_counter()
-            frame.embedding = self.predictor.encode(frame.rgb)
-            encode_ms = (time.perf_counter() - encode_start) * 1000.0
-            self.telemetry.counters["frames_encoded"] += 1
+            self._encode([frame])
+        encode_ms, frame.encode_ms = frame.encode_ms, 0.0  # reported once, by the first result of the frame
         self.predictor.set_embedding(frame.embedding)
 
         decode_start = time.perf_counter()
@@ -335,7 +373,7 @@ class FrameProcessor:
     def _camera(self, frame: Frame) -> CameraModel | None:
         """The frame's camera model, for the tracks' 3D anchors; None when its camera_info is unusable."""
         try:
-            return CameraModel.from_camera_info(frame.camera_info)
+            return CameraModel.from_camera_info(frame.camera_info, max_pixels=self.params.max_image_pixels)
         except ValueError as exc:
             self.telemetry.report("track", exc)
             return None

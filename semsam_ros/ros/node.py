@@ -3,7 +3,8 @@
 The only module of the package that imports rclpy (nothing imports it but the node script and launch files).
 Transitions: configure loads the weights and warms up (a checkpoint that does not load fails it with the
 reason), activate subscribes and starts the worker, deactivate stops both and frees GPU memory, cleanup drops the
-model. ``autostart`` (default true) configures and activates at start.
+model. ``autostart`` (default true) configures and activates at start. Several cameras (parameter ``cameras``):
+one model, each camera's inputs and outputs as ``ros.cameras`` names them; ``cameras`` is read at start.
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
-from tf2_ros import Buffer, TransformListener
+from tf2_ros import Buffer, TransformException, TransformListener
 from visualization_msgs.msg import MarkerArray
 
 from semsam_ros.geometry import CameraModel, project_point
 from semsam_ros.geometry.mask3d import quaternion_to_matrix
 from semsam_ros.msg import Prompt, SegmentArray
+from semsam_ros.ros.cameras import CAMERA_FIELDS, CameraParams, build_cameras, camera_defaults
 from semsam_ros.ros.convert import PromptRequest, label_info, prompt_from_msg, stamp_to_ns, transform_point
 from semsam_ros.ros.frame_processor import Output
 from semsam_ros.ros.msgtypes import MessageTypes
@@ -54,6 +56,7 @@ CLICK_PROMPT_ID = 1000  # Segment.prompt_id of masks prompted by clicks (RViz /c
 SERVICE_TIMEOUT_S = 30.0
 TF_TIMEOUT_S = 0.2
 WORKER_POLL_S = 0.1
+LABEL_INFO, DIAGNOSTICS = "~/label_info", "/diagnostics"  # node-wide outputs (one vocabulary for all cameras)
 
 
 class SemsamNode(LifecycleNode):
@@ -70,6 +73,11 @@ class SemsamNode(LifecycleNode):
                     self.set_parameters([Parameter(f.name, Parameter.Type.STRING_ARRAY, [])])
             else:
                 self.declare_parameter(f.name, default, descriptor)
+        transport = self.get_parameter("image_transport").value
+        for name in self.get_parameter("cameras").value:
+            camera = camera_defaults(name, transport)
+            for key in CAMERA_FIELDS:
+                self.declare_parameter(f"{name}.{key}", getattr(camera, key))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._types = MessageTypes.from_rclpy()
         self._inputs = MutuallyExclusiveCallbackGroup()
@@ -79,8 +87,8 @@ class SemsamNode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._service_handles: list[Any] = []
         self._input_subs: list[Any] = []
-        self._sync: ApproximateTimeSynchronizer | None = None
-        self._camera_info: CameraInfo | None = None
+        self._syncs: list[ApproximateTimeSynchronizer] = []
+        self._camera_info: dict[str, CameraInfo] = {}
         self._tf_buffer: Buffer | None = None
         self._tf_listener: TransformListener | None = None
         self._diagnostics_timer: Any = None
@@ -94,6 +102,10 @@ class SemsamNode(LifecycleNode):
         values = {f.name: _plain(self.get_parameter(f.name).value) for f in fields(NodeParams)}
         values.update(overrides or {})
         return NodeParams.from_dict(values)
+
+    def _cameras(self, params: NodeParams) -> list[CameraParams]:
+        values = {f"{c}.{k}": self.get_parameter(f"{c}.{k}").value for c in params.cameras for k in CAMERA_FIELDS}
+        return build_cameras(list(params.cameras), values, params.image_transport)
 
     def _on_set_parameters(self, changes: list[Any]) -> SetParametersResult:
         names = {f.name for f in fields(NodeParams)}
@@ -112,7 +124,7 @@ class SemsamNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=str(exc))
             if vocabulary_changed:
                 self.get_logger().info(self._core.vocabulary_summary(True))
-                if self._active and "label_info" in self._outputs:
+                if self._active and LABEL_INFO in self._outputs:
                     self._publish_label_info()
             later = sorted(set(ours) - RUNTIME_PARAMS)
             if later:
@@ -128,13 +140,15 @@ class SemsamNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {'; '.join(reasons)}")
             return TransitionCallbackReturn.FAILURE
         try:
+            cameras = self._cameras(params)
             predictor, model_id = load_predictor(params)
-            pipeline = ModelPipeline(params, str(predictor.device), lambda: self._wanted("points"))
+            wanted_points = lambda: any(self._wanted(c.output("points")) for c in cameras)  # noqa: E731
+            pipeline = ModelPipeline(params, str(predictor.device), wanted_points)
         except Exception as exc:  # noqa: BLE001  (any load failure fails the transition with its reason)
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self._core = Scheduler(params, predictor, self._types, pipeline, model_id=model_id,
-                               log=self.get_logger().warning, camera_pose=self._camera_pose)
+                               log=self.get_logger().warning, cameras=cameras, camera_pose=self._camera_pose)
         self._hardware_id = f"{params.backend}/{params.precision} on {predictor.device}"
         self._create_outputs()
         self._tf_buffer = Buffer()
@@ -150,12 +164,14 @@ class SemsamNode(LifecycleNode):
         self._worker.start()
         self._active = True
         result = super().on_activate(state)
-        if "label_info" in self._outputs:  # latched; lifecycle publishers publish only once active
+        if LABEL_INFO in self._outputs:  # latched; lifecycle publishers publish only once active
             self._publish_label_info()
-        image = self.resolve_topic_name("image/compressed" if params.image_transport == "compressed" else "image")
-        depth = f", depth {self.resolve_topic_name('depth')}" if params.use_depth else ""
-        self.get_logger().info(f"activated: images on {image}{depth}, prompts on {self.resolve_topic_name('~/prompt')}, "
-                               f"results on {self.resolve_topic_name('~/segments')}")
+        for cam in self._core.cameras:
+            depth = f", depth {self.resolve_topic_name(cam.depth)}" if params.use_depth else ""
+            self.get_logger().info(
+                f"activated{' ' + cam.name if cam.name else ''}: images on {self.resolve_topic_name(cam.image_topic)}"
+                f"{depth}, results on {self.resolve_topic_name(cam.output('segments'))}")
+        self.get_logger().info(f"prompts on {self.resolve_topic_name('~/prompt')}")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -187,7 +203,7 @@ class SemsamNode(LifecycleNode):
         self._active = False
         for sub in self._input_subs:
             self.destroy_subscription(sub)
-        self._input_subs, self._sync = [], None
+        self._input_subs, self._syncs = [], []
         self._stop.set()
         if self._worker is not None:
             self._worker.join()
@@ -198,7 +214,7 @@ class SemsamNode(LifecycleNode):
 
     def _cleanup(self) -> None:
         for name, pub in self._outputs.items():
-            if name == "diagnostics":
+            if name == DIAGNOSTICS:
                 self.destroy_publisher(pub)
             else:
                 self.destroy_lifecycle_publisher(pub)
@@ -223,13 +239,16 @@ class SemsamNode(LifecycleNode):
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         outputs = {"segments": SegmentArray, "overlay": Image, "label_image": Image, "markers": MarkerArray,
-                   "points": PointCloud2}
-        self._outputs = {name: self.create_lifecycle_publisher(cls, f"~/{name}", reliable)
-                      for name, cls in outputs.items()}
-        if Detection2DArray is not None:
-            self._outputs["detections"] = self.create_lifecycle_publisher(Detection2DArray, "~/detections", reliable)
-            self._outputs["label_info"] = self.create_lifecycle_publisher(LabelInfo, "~/label_info", latched)
-        self._outputs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+                   "points": PointCloud2, "detections": Detection2DArray}
+        self._outputs = {}
+        if Detection2DArray is None:
+            del outputs["detections"]
+        else:
+            self._outputs[LABEL_INFO] = self.create_lifecycle_publisher(LabelInfo, LABEL_INFO, latched)
+        for cam in self._core.cameras:  # keyed by topic: ~/segments, or ~/<camera>/segments
+            self._outputs.update({cam.output(name): self.create_lifecycle_publisher(cls, cam.output(name), reliable)
+                                  for name, cls in outputs.items()})
+        self._outputs[DIAGNOSTICS] = self.create_publisher(DiagnosticArray, DIAGNOSTICS, reliable)
         self._service_handles = [
             self.create_service(SegmentService, "~/segment", self._on_segment, callback_group=self._reentrant),
             self.create_service(Trigger, "~/clear_prompts", self._on_clear_prompts, callback_group=self._inputs),
@@ -247,41 +266,47 @@ class SemsamNode(LifecycleNode):
             else ReliabilityPolicy.RELIABLE,
         )
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        image_type, image_topic = (
-            (CompressedImage, "image/compressed") if params.image_transport == "compressed" else (Image, "image")
-        )
-        if params.use_depth:
-            filters = [Subscriber(self, image_type, image_topic, qos_profile=sensor, callback_group=self._inputs),
-                       Subscriber(self, Image, "depth", qos_profile=sensor, callback_group=self._inputs),
-                       Subscriber(self, CameraInfo, "camera_info", qos_profile=sensor, callback_group=self._inputs)]
-            self._sync = ApproximateTimeSynchronizer(filters, queue_size=10, slop=params.sync_slop)
-            self._sync.registerCallback(self._on_synced)
-            self._input_subs = [f.sub for f in filters]
-        else:
-            self._input_subs = [
-                self.create_subscription(image_type, image_topic, self._on_image, sensor, callback_group=self._inputs),
-                self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor,
-                                         callback_group=self._inputs),
-            ]
+        for cam in self._core.cameras:
+            self._subscribe_camera(cam, params, sensor, reliable)
         self._input_subs += [
             self.create_subscription(Prompt, "~/prompt", self._on_prompt, reliable, callback_group=self._inputs),
             self.create_subscription(PointStamped, "/clicked_point", self._on_clicked_point, reliable,
                                      callback_group=self._reentrant),
-            self.create_subscription(Point, self.resolve_topic_name("image") + "_mouse_left", self._on_mouse_click,
-                                     reliable, callback_group=self._inputs),
         ]
+
+    def _subscribe_camera(self, cam: CameraParams, params: NodeParams, sensor: QoSProfile,
+                          reliable: QoSProfile) -> None:
+        """One camera's image (+ depth and camera_info, synchronised, with ``use_depth``) and image clicks."""
+        image_type = CompressedImage if cam.image_transport == "compressed" else Image
+        group = self._inputs
+        if params.use_depth:
+            filters = [Subscriber(self, image_type, cam.image_topic, qos_profile=sensor, callback_group=group),
+                       Subscriber(self, Image, cam.depth, qos_profile=sensor, callback_group=group),
+                       Subscriber(self, CameraInfo, cam.camera_info, qos_profile=sensor, callback_group=group)]
+            sync = ApproximateTimeSynchronizer(filters, queue_size=10, slop=params.sync_slop)
+            sync.registerCallback(lambda image, depth, info: self._on_synced(cam.name, image, depth, info))
+            self._syncs.append(sync)
+            self._input_subs += [f.sub for f in filters]
+        else:
+            self._input_subs += [
+                self.create_subscription(image_type, cam.image_topic,
+                                         lambda msg: self._core.submit_frame(msg, camera=cam.name), sensor,
+                                         callback_group=group),
+                self.create_subscription(CameraInfo, cam.camera_info, lambda msg: self._on_camera_info(cam.name, msg),
+                                         sensor, callback_group=group),
+            ]
+        self._input_subs.append(self.create_subscription(
+            Point, self.resolve_topic_name(cam.image) + "_mouse_left", lambda m: self._on_mouse_click(cam.name, m),
+            reliable, callback_group=group))
 
     # --- inputs -----------------------------------------------------------------------------------------------
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self._core.submit_frame(msg)
+    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        self._camera_info[camera] = msg
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
-
-    def _on_synced(self, image: Image | CompressedImage, depth: Image, info: CameraInfo) -> None:
-        self._camera_info = info
-        self._core.submit_frame(image, depth, info)
+    def _on_synced(self, camera: str, image: Image | CompressedImage, depth: Image, info: CameraInfo) -> None:
+        self._camera_info[camera] = info
+        self._core.submit_frame(image, depth, info, camera=camera)
 
     def _on_prompt(self, msg: Prompt) -> None:
         try:
@@ -289,32 +314,39 @@ class SemsamNode(LifecycleNode):
         except ValueError as exc:
             self._core.errors.report("prompt/invalid", f"prompt ignored: {exc}")
 
-    def _on_mouse_click(self, msg: Point) -> None:
-        self._core.submit_prompt(PromptRequest(prompt_id=CLICK_PROMPT_ID, points=np.array([[msg.x, msg.y]])))
+    def _on_mouse_click(self, camera: str, msg: Point) -> None:
+        self._core.submit_prompt(PromptRequest(prompt_id=CLICK_PROMPT_ID, points=np.array([[msg.x, msg.y]]),
+                                               camera=camera))
 
     def _on_clicked_point(self, msg: PointStamped) -> None:
-        """An RViz click: TF to the camera frame at its stamp, projected with the camera's K."""
-        info = self._camera_info
-        if info is None:
+        """An RViz click: TF to each camera's frame at its stamp, projected with its K; it prompts the first camera
+        (in ``cameras`` order) whose image the point projects into."""
+        if not self._camera_info:
             self._core.errors.report("click/no_camera_info", "clicked point ignored: no camera_info received yet")
             return
-        try:
-            transform = self._tf_buffer.lookup_transform(
-                info.header.frame_id, msg.header.frame_id, Time.from_msg(msg.header.stamp),
-                timeout=Duration(seconds=TF_TIMEOUT_S),
-            )
-            point = transform_point(transform.transform, (msg.point.x, msg.point.y, msg.point.z))
-            camera = CameraModel.from_camera_info(info, max_pixels=self._core.params.max_image_pixels)
-            u, v = project_point(point, camera)
-        except Exception as exc:  # noqa: BLE001  (no transform, a hostile CameraInfo, MemoryError: never fatal)
-            cause = getattr(exc, "cause", None)
-            self._core.errors.report(f"click/{type(exc).__name__}" + (f"/{cause}" if cause else ""),
-                                     f"clicked point ignored: {exc}")
+        error: Exception | None = None
+        for camera, info in [(c.name, self._camera_info.get(c.name)) for c in self._core.cameras]:
+            if info is None:
+                continue
+            try:
+                transform = self._tf_buffer.lookup_transform(
+                    info.header.frame_id, msg.header.frame_id, Time.from_msg(msg.header.stamp),
+                    timeout=Duration(seconds=TF_TIMEOUT_S),
+                )
+                point = transform_point(transform.transform, (msg.point.x, msg.point.y, msg.point.z))
+                camera_model = CameraModel.from_camera_info(info, max_pixels=self._core.params.max_image_pixels)
+                u, v = project_point(point, camera_model)
+            except Exception as exc:  # noqa: BLE001  (no transform, off this image, a hostile CameraInfo, MemoryError)
+                error = exc
+                continue
+            self._core.submit_prompt(PromptRequest(
+                prompt_id=CLICK_PROMPT_ID, points=np.array([[u, v]]), stamp_ns=stamp_to_ns(msg.header.stamp),
+                frame_id=info.header.frame_id, camera=camera,
+            ))
             return
-        self._core.submit_prompt(PromptRequest(
-            prompt_id=CLICK_PROMPT_ID, points=np.array([[u, v]]), stamp_ns=stamp_to_ns(msg.header.stamp),
-            frame_id=info.header.frame_id,
-        ))
+        cause = getattr(error, "cause", None)
+        self._core.errors.report(f"click/{type(error).__name__}" + (f"/{cause}" if cause else ""),
+                                 f"clicked point ignored: {error}")
 
     def _on_segment(self, request: Any, response: Any) -> Any:
         if not self._active:
@@ -400,23 +432,26 @@ class SemsamNode(LifecycleNode):
                 except Exception as exc:  # noqa: BLE001  (a rendering failure must not stop the worker)
                     self._core.errors.report(f"publish/{type(exc).__name__}", f"publishing failed: {exc}")
 
-    def _wanted(self, name: str) -> bool:
-        """Whether output ``name`` exists and someone subscribes to it (optional outputs are built only then)."""
-        pub = self._outputs.get(name)
+    def _wanted(self, topic: str) -> bool:
+        """Whether output ``topic`` exists and someone subscribes to it (optional outputs are built only then)."""
+        pub = self._outputs.get(topic)
         return pub is not None and pub.get_subscription_count() > 0
 
     def _publish(self, out: Output) -> None:
-        """Every output of ``out`` that exists and has a subscriber (built by ``ros.outputs``, as in the bag)."""
+        """Every output of ``out`` that exists and has a subscriber, on its camera's topics (built by
+        ``ros.outputs``, as in the bag)."""
         core = self._core
-        for name, message in build_outputs(self._types, out, core.params, self._wanted, core.pipeline.semantics).items():
-            self._outputs[name].publish(message)
+        cam = next(c for c in core.cameras if c.name == out.frame.camera)
+        wanted = lambda name: self._wanted(cam.output(name))  # noqa: E731
+        for name, message in build_outputs(self._types, out, core.params, wanted, core.pipeline.semantics).items():
+            self._outputs[cam.output(name)].publish(message)
 
     def _publish_label_info(self) -> None:
         names = self._core.class_names()
         labeller = self._core.pipeline.labeller
         threshold = labeller.min_score if labeller is not None else 0.0
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id="")
-        self._outputs["label_info"].publish(label_info(self._types, header, names, threshold))
+        self._outputs[LABEL_INFO].publish(label_info(self._types, header, names, threshold))
 
     def _publish_diagnostics(self) -> None:
         if self._core is None:
@@ -428,7 +463,7 @@ class SemsamNode(LifecycleNode):
             hardware_id=self._hardware_id, values=[KeyValue(key=k, value=v) for k, v in values.items()],
         )
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id="")
-        self._outputs["diagnostics"].publish(DiagnosticArray(header=header, status=[status]))
+        self._outputs[DIAGNOSTICS].publish(DiagnosticArray(header=header, status=[status]))
 
 
 def _plain(value: Any) -> Any:

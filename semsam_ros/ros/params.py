@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from semsam_ros.ros.cameras import build_cameras, is_camera_key
 from semsam_ros.types import BACKENDS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_LONG_SIDE, LEVELS, PRECISIONS
 
 MODES = ("prompts", "auto", "both")
@@ -52,6 +53,9 @@ class NodeParams:
     max_image_pixels: int = _param(
         DEFAULT_MAX_IMAGE_PIXELS, "largest image (width x height) decoded, checked from the header before decoding; "
                                   "larger images and camera_infos are rejected (cause too_large)")
+    cameras: list[str] = _param(
+        [], "camera names (one model serves them all, outputs under ~/<camera>/); per camera <camera>.image, "
+            ".camera_info, .depth, .image_transport, .max_rate_hz (docs/ros.md); empty: one camera on 'image'")
     image_transport: str = _param(
         "raw", "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage on 'image/compressed'")
     use_depth: bool = _param(
@@ -114,6 +118,10 @@ class NodeParams:
         need(self.max_image_pixels >= 1, f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         need(self.image_transport in ("raw", "compressed"),
              f"image_transport must be raw or compressed, got {self.image_transport!r}")
+        try:
+            build_cameras(list(self.cameras), {})  # the names (per-camera values: load_node_params, the node)
+        except ValueError as exc:
+            reasons.append(str(exc))
         need(self.sync_slop > 0, f"sync_slop must be > 0 s, got {self.sync_slop}")
         need(self.input_reliability in ("best_effort", "reliable"),
              f"input_reliability must be best_effort or reliable, got {self.input_reliability!r}")
@@ -194,12 +202,16 @@ def read_params_file(path: str | Path, node: str = NODE_NAME) -> dict[str, Any]:
 
 def load_node_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                      node: str = NODE_NAME) -> NodeParams:
-    """NodeParams from a params file (None: the defaults), then ``overrides``; ValueError with every reason."""
+    """NodeParams from a params file (None: the defaults), then ``overrides``; ValueError with every reason.
+
+    Per-camera parameters (``<camera>.image``...) are checked against ``cameras`` and not part of NodeParams."""
     values = read_params_file(path, node) if path is not None else {}
     values.update(overrides or {})
+    camera_values = {k: v for k, v in values.items() if is_camera_key(k)}
     try:
-        params = NodeParams.from_dict(values)
+        params = NodeParams.from_dict({k: v for k, v in values.items() if k not in camera_values})
         reasons = params.validate()
+        build_cameras(list(params.cameras), camera_values, params.image_transport)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"node parameters: {exc}") from None
     if reasons:

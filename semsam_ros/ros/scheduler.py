@@ -7,6 +7,10 @@ goes to the worker through a one-frame slot, so the worker always takes the newe
 before the worker took it is counted as dropped; it is never processed late. Every received frame also enters a
 short buffer; its RGB and image embedding are computed once, on first use, so a stamped prompt is answered on the
 buffered frame nearest its stamp without running the encoder twice for one frame.
+
+Several cameras: each has its own slot, buffer, sticky prompts, automatic-mode timing and frame-rate cap; a prompt
+goes to the camera it names ('' the first). ``step`` encodes the newest frame of every camera that has work in one
+batched encoder call (``FrameProcessor.encode``), then answers each camera's prompts on its own frames.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from semsam_ros.ros.cameras import CameraParams
 from semsam_ros.ros.convert import PromptRequest, stamp_to_ns
 from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output, Pipeline, PromptError, make_tracker
 from semsam_ros.ros.msgtypes import MessageTypes
@@ -64,6 +69,18 @@ class _Job:
 
 
 @dataclass
+class _Camera:
+    """What the scheduler keeps per camera."""
+
+    params: CameraParams
+    buffer: deque[Frame]
+    slot: Frame | None = None
+    sticky: dict[int, PromptRequest] = field(default_factory=dict)
+    next_auto: float = float("-inf")
+    last_stamp_ns: int | None = None  # of the last frame the rate cap accepted
+
+
+@dataclass
 class _Work:
     frame: Frame
     prompts: list[PromptRequest] = field(default_factory=list)
@@ -72,7 +89,10 @@ class _Work:
 
 
 class Scheduler:
-    """Everything the node does between receiving messages and publishing results (all but ROS itself)."""
+    """Everything the node does between receiving messages and publishing results (all but ROS itself).
+
+    ``cameras``: the cameras served (None: one unnamed camera); their frames share one predictor.
+    """
 
     def __init__(
         self,
@@ -85,6 +105,7 @@ class Scheduler:
         log: Callable[[str], None] = print,
         clock: Callable[[], float] = time.monotonic,
         camera_pose: Callable[[str, int], np.ndarray | None] | None = None,
+        cameras: Sequence[CameraParams] | None = None,
     ) -> None:
         """``camera_pose(camera frame, stamp ns)``: the 4x4 camera -> ``track_frame`` pose (TF in the node), or
         None when unknown; it anchors tracks in 3D when ``track_frame`` is set and depth comes with the frames."""
@@ -98,11 +119,16 @@ class Scheduler:
         self._clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._buffer: deque[Frame] = deque(maxlen=params.buffer_size)
-        self._slot: Frame | None = None
+        cameras = list(cameras) if cameras else [CameraParams()]
+        if len({c.name for c in cameras}) != len(cameras):
+            raise ValueError(f"camera names must be distinct, got {[c.name for c in cameras]}")
+        self._cameras = {c.name: _Camera(c, deque(maxlen=params.buffer_size)) for c in cameras}
+        self._tracked = next(iter(self._cameras.values()))  # tracks follow the first camera's frames
         self._jobs: list[_Job] = []
-        self._sticky: dict[int, PromptRequest] = {}
-        self._next_auto = float("-inf")
+
+    @property
+    def cameras(self) -> list[CameraParams]:
+        return [cam.params for cam in self._cameras.values()]
 
     @property
     def params(self) -> NodeParams:
@@ -142,7 +168,8 @@ class Scheduler:
             changed = self.pipeline.set_vocabulary(*wanted)
         with self._lock:
             if params.auto_rate_hz != self.params.auto_rate_hz or params.mode != self.params.mode:
-                self._next_auto = float("-inf")
+                for cam in self._cameras.values():
+                    cam.next_auto = float("-inf")
             self.processor.params = params
             self.errors.period_s = params.error_log_period
         return changed
@@ -185,42 +212,67 @@ class Scheduler:
         state = "changed" if changed else "unchanged"
         return f"vocabulary {state}: {len(objects)} objects, {len(parts)} parts"
 
-    def submit_frame(self, image: Any, depth: Any | None = None, camera_info: Any | None = None) -> None:
-        """A new camera frame (messages as received; decoded later by the worker)."""
-        frame = Frame(image, stamp_to_ns(image.header.stamp), depth, camera_info)
+    def submit_frame(self, image: Any, depth: Any | None = None, camera_info: Any | None = None,
+                     camera: str = "") -> None:
+        """A new frame of ``camera`` ('' the first; messages as received, decoded later by the worker). A frame
+        that comes sooner than the camera's ``max_rate_hz`` allows is skipped (counted in ``frames_skipped``)."""
+        cam = self._camera(camera)
+        frame = Frame(image, stamp_to_ns(image.header.stamp), depth, camera_info, camera=cam.params.name)
         with self._lock:
             self.counters["frames_received"] += 1
-            self._buffer.append(frame)
-            if self._sticky or self._auto_due() or self.tracker.tracks:
-                if self._slot is not None:
+            if not cam.params.accepts(frame.stamp_ns, cam.last_stamp_ns):
+                self.counters["frames_skipped"] += 1
+                return
+            cam.last_stamp_ns = frame.stamp_ns
+            cam.buffer.append(frame)
+            if cam.sticky or self._auto_due(cam) or (self.tracker.tracks and cam is self._tracked):
+                if cam.slot is not None:
                     self.counters["frames_dropped"] += 1
-                self._slot = frame
+                cam.slot = frame
                 self._wake.notify()
 
     def submit_prompt(self, prompt: PromptRequest) -> None:
         """A Prompt from the topic: answered once on the frame nearest its stamp; sticky ones on every new frame.
 
-        A sticky prompt replaces the sticky prompt of the same id; a prompt with no point, box or text removes it.
+        A sticky prompt replaces the sticky prompt of the same id on its camera; a prompt with no point, box or text
+        removes it. A prompt naming no served camera is rejected.
         A prompt with ``track`` starts tracks instead (refusals are counted and logged).
         """
         if prompt.track:
             with self._lock:
                 self.counters["prompts_received"] += 1
             try:
+                if prompt.camera and prompt.camera != self._tracked.params.name:
+                    raise ValueError(f"prompt {prompt.prompt_id}: tracks follow the first camera "
+                                     f"({self._tracked.params.name!r}), not {prompt.camera!r}")
                 self.track(prompt)
             except ValueError as exc:
                 self.telemetry.report("prompt", PromptError(str(exc), "track"))
             return
         with self._lock:
             self.counters["prompts_received"] += 1
-            if update_sticky(self._sticky, prompt):
+        try:
+            cam = self._camera(prompt.camera)
+        except PromptError as exc:
+            self.telemetry.report("prompt", exc)
+            return
+        prompt = replace(prompt, camera=cam.params.name)
+        with self._lock:
+            if update_sticky(cam.sticky, prompt):
                 self._jobs.append(_Job([prompt]))
                 self._wake.notify()
 
     def request(self, prompt: PromptRequest, image: Any | None = None) -> Future:
         """A service request: a Future of its SegmentArray (ValueError in it when it cannot be answered)."""
         future: Future = Future()
-        frame = None if image is None else Frame(image, stamp_to_ns(image.header.stamp))
+        try:
+            camera = self._camera(prompt.camera).params.name
+        except PromptError as exc:
+            self.telemetry.report("prompt", exc)
+            future.set_exception(exc)
+            return future
+        prompt = replace(prompt, camera=camera)
+        frame = None if image is None else Frame(image, stamp_to_ns(image.header.stamp), camera=camera)
         with self._lock:
             self.counters["prompts_received"] += 1
             self._jobs.append(_Job([replace(prompt, sticky=False)], frame, future))
@@ -230,8 +282,9 @@ class Scheduler:
     def clear_prompts(self) -> int:
         """Forget sticky and pending topic prompts; returns how many sticky prompts there were."""
         with self._lock:
-            count = len(self._sticky)
-            self._sticky.clear()
+            count = sum(len(cam.sticky) for cam in self._cameras.values())
+            for cam in self._cameras.values():
+                cam.sticky.clear()
             for job in self._jobs:
                 if job.future is not None:
                     job.future.set_exception(PromptError("prompts cleared before this request was served", "cleared"))
@@ -248,27 +301,33 @@ class Scheduler:
 
     def sticky_prompts(self) -> list[PromptRequest]:
         with self._lock:
-            return list(self._sticky.values())
+            return [p for cam in self._cameras.values() for p in cam.sticky.values()]
 
     def release(self) -> None:
         """Drop buffered frames and their embeddings (deactivate frees GPU memory this way)."""
         with self._lock:
-            self._buffer.clear()
-            self._slot = None
+            for cam in self._cameras.values():
+                cam.buffer.clear()
+                cam.slot = None
 
     # --- the worker ---------------------------------------------------------------------------------------------
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until a frame or prompt is waiting (True) or ``timeout`` seconds pass (False)."""
         with self._wake:
-            return self._wake.wait_for(lambda: self._slot is not None or bool(self._jobs), timeout)
+            return self._wake.wait_for(
+                lambda: any(cam.slot is not None for cam in self._cameras.values()) or bool(self._jobs), timeout)
 
     def step(self) -> list[Output]:
-        """Do all waiting work: answer queued prompts, then the newest frame's sticky prompts and automatic run."""
+        """Do all waiting work: answer queued prompts, then each camera's newest frame's sticky prompts and
+        automatic run. The frames that need the encoder are encoded together, in one batched call."""
         with self._lock:
             jobs, self._jobs = self._jobs, []
-            frame, self._slot = self._slot, None
-            sticky = list(self._sticky.values())
+            newest = []
+            for cam in self._cameras.values():
+                if cam.slot is not None:
+                    newest.append((cam, cam.slot, list(cam.sticky.values())))
+                    cam.slot = None
         work: dict[int, _Work] = {}  # by id(frame): one SegmentArray per frame
         for job in jobs:
             if job.future is not None:
@@ -281,18 +340,21 @@ class Scheduler:
                     self.telemetry.report("prompt", exc)
                     continue
                 work.setdefault(id(target), _Work(target)).prompts.append(prompt)
-        if frame is not None:
+        for cam, frame, sticky in newest:
             item = work.setdefault(id(frame), _Work(frame))
             item.prompts.extend(p for p in sticky if all(p is not q for q in item.prompts))
-            item.track = True
-            if self.tracker.tracks and self.params.track_frame and self._camera_pose is not None and frame.depth is not None:
+            item.track = cam is self._tracked
+            if (item.track and self.tracker.tracks and self.params.track_frame and self._camera_pose is not None
+                    and frame.depth is not None):
                 frame.pose = self._camera_pose(frame.header.frame_id, frame.stamp_ns)
             with self._lock:
-                item.auto = self._auto_due()
+                item.auto = self._auto_due(cam)
                 if item.auto:
-                    self._next_auto = self._clock() + 1.0 / self.params.auto_rate_hz
+                    cam.next_auto = self._clock() + 1.0 / self.params.auto_rate_hz
+        ready = {id(f) for f in self.processor.encode([(w.frame, w.prompts, w.auto or (w.track and bool(self.tracker.tracks)))
+                                                      for w in work.values()])}
         outputs = []
-        for item in work.values():
+        for item in (item for item in work.values() if id(item.frame) in ready):
             output = self.processor.run(item.frame, item.prompts, item.auto, track=item.track)
             if output is not None:
                 outputs.append(output)
@@ -310,18 +372,30 @@ class Scheduler:
     # --- internals ----------------------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, int]:
-        """Buffered frames, sticky prompts and tracks by state (tracks_tracking, tracks_lost, tracks_ended)."""
+        """Buffered frames and sticky prompts over all cameras, and tracks by state (tracks_tracking, ...)."""
         with self._lock:
-            state = {"buffered_frames": len(self._buffer), "sticky_prompts": len(self._sticky)}
+            cams = self._cameras.values()
+            state = {"buffered_frames": sum(len(cam.buffer) for cam in cams),
+                     "sticky_prompts": sum(len(cam.sticky) for cam in cams)}
         return {**state, **{f"tracks_{name}": count for name, count in self.tracker.counts().items()}}
 
-    def _auto_due(self) -> bool:
-        return self.params.mode in ("auto", "both") and self._clock() >= self._next_auto
+    def _camera(self, name: str) -> _Camera:
+        """The camera named ``name`` ('' the first); PromptError (cause "camera") when none is."""
+        if not name:
+            return next(iter(self._cameras.values()))
+        cam = self._cameras.get(name)
+        if cam is None:
+            raise PromptError(f"no camera {name!r} (cameras: {', '.join(self._cameras) or 'one, unnamed'})", "camera")
+        return cam
+
+    def _auto_due(self, cam: _Camera) -> bool:
+        return self.params.mode in ("auto", "both") and self._clock() >= cam.next_auto
 
     def _match(self, prompt: PromptRequest) -> Frame:
-        """The buffered frame nearest the prompt's stamp (the newest one for a zero stamp)."""
+        """The buffered frame of the prompt's camera nearest its stamp (the newest one for a zero stamp)."""
+        cam = self._camera(prompt.camera)
         with self._lock:
-            frames = list(self._buffer)
+            frames = list(cam.buffer)
         if not frames:
             raise PromptError(f"prompt {prompt.prompt_id}: no camera frame received yet", "no_frame")
         if prompt.stamp_ns == 0:

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-COUNTERS = ("frames_received", "frames_dropped", "frames_encoded", "results", "prompts_received", "prompts_answered",
-            "prompts_rejected")
+COUNTERS = ("frames_received", "frames_skipped", "frames_dropped", "frames_encoded", "results", "prompts_received",
+            "prompts_answered", "prompts_rejected")
 
 
 class ErrorLog:

@@ -2,8 +2,8 @@
 
 A backend runs the model's two halves for the :class:`~semsam_ros.inference.predictor.Predictor`:
 
-- ``image_encoder(image)``: (1, 3, Hp, Wp) normalised padded image -> (mask_features, values), kept in the
-  backend's working precision;
+- ``image_encoder(images)``: (B, 3, Hp, Wp) normalised padded images -> (mask_features, values), batch first,
+  kept in the backend's working precision; B is at most ``encoder_batch`` (None: any);
 - ``prompt_decoder(boxes, pb, mask_features, values)`` -> mask logits (N, 6, Hp/4, Wp/4) and IoU scores (N, 6),
   always float32.
 
@@ -177,6 +177,7 @@ class Backend:
     """
 
     name = "base"
+    encoder_batch: int | None = None  # images per image_encoder call (None: any number)
 
     def __init__(
         self,

@@ -209,6 +209,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
+    encoder_batch = 1  # engines are built for one image
 
     def __init__(
         self,
