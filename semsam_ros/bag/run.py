@@ -80,7 +80,7 @@ class BagRun:
                  summary: BagSummary, log: Callable[[str], None]) -> None:
         self.reader, self.src, self.options, self.processor, self.typestore = reader, src, options, processor, typestore
         self.summary, self.log = summary, log
-        self.types = processor.types
+        self.types, self.errors = processor.types, processor.telemetry.errors
         self.start = options.start.resolve(reader.start_time) if options.start else None
         self.stop = options.end.resolve(reader.start_time) if options.end else None
         self.cameras: dict[str, _Camera] = {}
@@ -227,7 +227,7 @@ class BagRun:
                 try:
                     prompts[conn.topic].append((time_ns, prompt_from_msg(self.typestore.deserialize_cdr(raw, PROMPT))))
                 except Exception as exc:  # noqa: BLE001  (a bad recorded prompt is skipped and counted)
-                    self.processor.telemetry.errors.report(f"prompt/{type(exc).__name__}", f"{conn.topic}: prompt skipped: {exc}")
+                    self.errors.report(f"prompt/{type(exc).__name__}", f"{conn.topic}: prompt skipped: {exc}")
         for camera in cameras:
             stamps, times = np.array(frames[camera.topic][0], dtype=np.int64), frames[camera.topic][1]
             for time_ns, prompt in prompts.get(camera.prompt_topic, []):
@@ -254,14 +254,14 @@ class BagRun:
         if prompt.stamp_ns == 0:
             ordinal = bisect.bisect_right(times, time_ns) - 1
             if ordinal < 0:
-                self.processor.telemetry.errors.report("prompt/PromptError/no_frame",
+                self.errors.report("prompt/PromptError/no_frame",
                                         f"prompt {prompt.prompt_id}: no frame on {camera.topic} before it")
                 return None
             return ordinal
         ordinal = nearest(stamps, prompt.stamp_ns, None)
         gap = abs(int(stamps[ordinal]) - prompt.stamp_ns) / 1e9 if ordinal is not None else math.inf
         if gap > max_diff_s:
-            self.processor.telemetry.errors.report(
+            self.errors.report(
                 "prompt/PromptError/stamp",
                 f"prompt {prompt.prompt_id}: stamp is {gap:.3f} s from the nearest of the {len(stamps)} frames on "
                 f"{camera.topic} (max_stamp_diff {max_diff_s} s)")
@@ -341,7 +341,7 @@ class BagRun:
         try:
             return self.typestore.deserialize_cdr(raw, companion.msgtype)
         except Exception as exc:  # noqa: BLE001  (a corrupt depth or camera_info message: no 3D for this frame)
-            self.processor.telemetry.errors.report(f"3d/{type(exc).__name__}", f"{topic}: cannot deserialise message: {exc}")
+            self.errors.report(f"3d/{type(exc).__name__}", f"{topic}: cannot deserialise message: {exc}")
             return None
 
     def _frame(self, item: _Pending) -> Frame | None:
@@ -351,11 +351,11 @@ class BagRun:
         try:
             image = self.typestore.deserialize_cdr(item.raw, item.msgtype)
         except Exception as exc:  # noqa: BLE001  (a corrupt message skips its frame)
-            self.processor.telemetry.errors.report(f"image/{type(exc).__name__}", f"{camera.topic}: cannot deserialise frame: {exc}")
+            self.errors.report(f"image/{type(exc).__name__}", f"{camera.topic}: cannot deserialise frame: {exc}")
             return None
         if camera.depth_topic is not None and (item.depth is None or item.info is None):
-            self.processor.telemetry.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
-                                                   f"{stamp_to_ns(image.header.stamp)} ns")
+            self.errors.report("3d/no_depth", f"{camera.topic}: no depth within sync_slop of the frame at "
+                                              f"{stamp_to_ns(image.header.stamp)} ns")
         return Frame(image, stamp_to_ns(image.header.stamp), depth, info, camera=camera.topic)
 
     def _segment(self, frame: Frame, item: _Pending) -> Output | None:
@@ -367,7 +367,7 @@ class BagRun:
                 try:
                     start_tracks(tracker, prompt)
                 except ValueError as exc:
-                    self.processor.telemetry.errors.report("track/start", f"{item.camera.topic}: {exc}")
+                    self.errors.report("track/start", f"{item.camera.topic}: {exc}")
             prompts = []
         try:
             return self.processor.process(frame, prompts, self.options.auto, track=tracker is not None)

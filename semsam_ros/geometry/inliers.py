@@ -56,8 +56,9 @@ def surface_inliers(
     with a column without nodes first and last; ``groups`` (H,) gives each canvas row's grid (-1: none) and
     ``jump`` (H,) its relative depth jump. In each grid, regions with at least ``keep_fraction`` of the valid
     pixels of its largest one are kept. Where some neighbours are not linked, pixels sit at even positions of a
-    twice-as-fine image, links between them at odd ones. A mask pixel without depth takes the depth of the last valid pixel to its left in the row, so
-    holes bridge rather than cut a surface; regions are sized by their valid pixels only.
+    twice-as-fine image, links between them at odd ones. A mask pixel without depth takes the depth of the last
+    valid pixel to its left in the row, so holes bridge rather than cut a surface; regions are sized by their valid
+    pixels only.
     """
     h, w = valid.shape
     rows = np.arange(h)[:, None]

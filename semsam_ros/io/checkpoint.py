@@ -47,7 +47,8 @@ _NAME_PAIRS: list[tuple[str, str]] = [
     (_OP + "decoder_norm.{rest}", _DEC + "norm.{rest}"),
     (_OP + "_bbox_embed.{rest}", _DEC + "box_embed.{rest}"),
     (_OP + "iou_prediction_head.{rest}", _DEC + "iou_head.{rest}"),
-    *[(_OP + f"{n}.{{rest}}", _DEC + f"{n}.{{rest}}") for n in ("mask_embed", "mask_tokens", "pb_embedding", "label_enc")],
+    *[(_OP + f"{n}.{{rest}}", _DEC + f"{n}.{{rest}}")
+      for n in ("mask_embed", "mask_tokens", "pb_embedding", "label_enc")],
     *[(_OP + n, _DEC + n) for n in ("class_embed", "class_embed_part", "lang_mapper")],
 ]
 # Official keys that name the same tensor as another official key (shared storage): (alias, owner).

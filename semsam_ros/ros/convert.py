@@ -284,14 +284,21 @@ def prompt_to_msg(types: MessageTypes, prompt: PromptRequest) -> Any:
     )
 
 
-def transform_point(transform: Any, point: Sequence[float]) -> np.ndarray:
-    """Apply a geometry_msgs/Transform (translation + unit quaternion rotation) to a 3D point."""
+def transform_matrix(transform: Any) -> np.ndarray:
+    """4x4 homogeneous matrix of a geometry_msgs/Transform (translation + unit quaternion rotation)."""
     from semsam_ros.geometry.mask3d import quaternion_to_matrix
 
-    q = transform.rotation
-    rotation = quaternion_to_matrix([q.x, q.y, q.z, q.w])
-    t = transform.translation
-    return rotation @ np.asarray(point, dtype=np.float64) + np.array([t.x, t.y, t.z], dtype=np.float64)
+    q, t = transform.rotation, transform.translation
+    matrix = np.eye(4)
+    matrix[:3, :3] = quaternion_to_matrix([q.x, q.y, q.z, q.w])
+    matrix[:3, 3] = (t.x, t.y, t.z)
+    return matrix
+
+
+def transform_point(transform: Any, point: Sequence[float]) -> np.ndarray:
+    """Apply a geometry_msgs/Transform (translation + unit quaternion rotation) to a 3D point."""
+    matrix = transform_matrix(transform)
+    return matrix[:3, :3] @ np.asarray(point, dtype=np.float64) + matrix[:3, 3]
 
 
 def segments_to_detections(

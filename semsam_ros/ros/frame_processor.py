@@ -355,7 +355,8 @@ class FrameProcessor:
         return keep
 
     def _automatic(self, frame: Frame, levels: Sequence[int], prompt_id: int) -> list[Segment]:
-        segments = self.pipeline.automatic(_FramePredictor(self.predictor, frame), frame.rgb, tuple(levels), self.params)
+        view = _FramePredictor(self.predictor, frame)
+        segments = self.pipeline.automatic(view, frame.rgb, tuple(levels), self.params)
         for seg in segments:
             seg.prompt_id = prompt_id
         return segments

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import threading
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import fields
 from typing import Any
 
@@ -34,15 +33,22 @@ from tf2_ros import Buffer, TransformException, TransformListener
 from visualization_msgs.msg import MarkerArray
 
 from semsam_ros.geometry import CameraModel, project_point
-from semsam_ros.geometry.mask3d import quaternion_to_matrix
 from semsam_ros.msg import Prompt, SegmentArray
 from semsam_ros.ros.cameras import CAMERA_FIELDS, CameraParams, build_cameras, camera_defaults
-from semsam_ros.ros.convert import PromptRequest, label_info, prompt_from_msg, stamp_to_ns, transform_point
+from semsam_ros.ros import services
+from semsam_ros.ros.convert import (
+    PromptRequest,
+    label_info,
+    prompt_from_msg,
+    stamp_to_ns,
+    transform_matrix,
+    transform_point,
+)
 from semsam_ros.ros.frame_processor import Output
 from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.outputs import build_outputs
 from semsam_ros.ros.params import RUNTIME_PARAMS, NodeParams
-from semsam_ros.ros.pipeline import ModelPipeline, load_predictor
+from semsam_ros.ros.pipeline import ModelPipeline, free_gpu_memory, load_predictor
 from semsam_ros.ros.scheduler import Scheduler
 from semsam_ros.srv import Segment as SegmentService
 from semsam_ros.srv import SetVocabulary, Track, Untrack
@@ -53,7 +59,6 @@ except ImportError:
     Detection2DArray = LabelInfo = None
 
 CLICK_PROMPT_ID = 1000  # Segment.prompt_id of masks prompted by clicks (RViz /clicked_point, rqt_image_view)
-SERVICE_TIMEOUT_S = 30.0
 TF_TIMEOUT_S = 0.2
 WORKER_POLL_S = 0.1
 LABEL_INFO, DIAGNOSTICS = "~/label_info", "/diagnostics"  # node-wide outputs (one vocabulary for all cameras)
@@ -210,7 +215,7 @@ class SemsamNode(LifecycleNode):
             self._worker = None
         if self._core is not None:
             self._core.release()
-        _free_gpu_memory()
+        free_gpu_memory()
 
     def _cleanup(self) -> None:
         for name, pub in self._outputs.items():
@@ -230,7 +235,7 @@ class SemsamNode(LifecycleNode):
             self._tf_listener = self._tf_buffer = None
         self._core = None
         gc.collect()
-        _free_gpu_memory()
+        free_gpu_memory()
 
     # --- wiring -----------------------------------------------------------------------------------------------
 
@@ -249,13 +254,16 @@ class SemsamNode(LifecycleNode):
             self._outputs.update({cam.output(name): self.create_lifecycle_publisher(cls, cam.output(name), reliable)
                                   for name, cls in outputs.items()})
         self._outputs[DIAGNOSTICS] = self.create_publisher(DiagnosticArray, DIAGNOSTICS, reliable)
+        def answer(function: Any) -> Any:  # a ros.services answer as an rclpy service callback
+            return lambda request, response: function(self._core, request, response)
+
+        group = self._inputs
         self._service_handles = [
             self.create_service(SegmentService, "~/segment", self._on_segment, callback_group=self._reentrant),
-            self.create_service(Trigger, "~/clear_prompts", self._on_clear_prompts, callback_group=self._inputs),
-            self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary,
-                                callback_group=self._inputs),
-            self.create_service(Track, "~/track", self._on_track, callback_group=self._inputs),
-            self.create_service(Untrack, "~/untrack", self._on_untrack, callback_group=self._inputs),
+            self.create_service(Trigger, "~/clear_prompts", answer(services.clear_prompts), callback_group=group),
+            self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary, callback_group=group),
+            self.create_service(Track, "~/track", answer(services.track), callback_group=group),
+            self.create_service(Untrack, "~/untrack", answer(services.untrack), callback_group=group),
         ]
         self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._inputs)
 
@@ -349,37 +357,10 @@ class SemsamNode(LifecycleNode):
                                  f"clicked point ignored: {error}")
 
     def _on_segment(self, request: Any, response: Any) -> Any:
-        if not self._active:
-            response.success, response.message = False, "the node is not active"
-            return response
-        try:
-            prompt = prompt_from_msg(request.prompt)
-            image = request.image if request.image.width and request.image.height else None
-            response.result = self._core.request(prompt, image).result(timeout=SERVICE_TIMEOUT_S)
-            response.success = True
-        except FutureTimeout:
-            response.success, response.message = False, f"no result within {SERVICE_TIMEOUT_S} s"
-        except Exception as exc:  # noqa: BLE001  (bad prompt or image, inference failure: told to the caller)
-            response.success, response.message = False, f"{type(exc).__name__}: {exc}"
-        return response
+        return services.segment(self._core, request, response, self._active)
 
-    def _on_track(self, request: Any, response: Any) -> Any:
-        """Start tracks; all of the request's or none (a refused prompt stops those started before it)."""
-        ids: list[int] = []
-        try:
-            for msg in request.prompts:
-                ids += self._core.track(prompt_from_msg(msg))
-        except ValueError as exc:
-            self._core.untrack(ids)
-            response.success, response.message, response.track_ids = False, str(exc), []
-            return response
-        response.success, response.message, response.track_ids = True, f"started {len(ids)} track(s)", ids
-        return response
-
-    def _on_untrack(self, request: Any, response: Any) -> Any:
-        stopped = self._core.untrack(None if request.all else [int(i) for i in request.track_ids])
-        response.success, response.message, response.stopped = True, f"stopped {len(stopped)} track(s)", stopped
-        return response
+    def _on_set_vocabulary(self, request: Any, response: Any) -> Any:
+        return services.set_vocabulary(self._core, request, response, self._set_vocabulary_parameters)
 
     def _camera_pose(self, camera_frame: str, stamp_ns: int) -> np.ndarray | None:
         """4x4 pose of ``camera_frame`` in ``track_frame`` at ``stamp_ns`` from TF (called by the worker); None
@@ -390,35 +371,13 @@ class SemsamNode(LifecycleNode):
         except TransformException as exc:
             self._core.errors.report(f"track/{type(exc).__name__}", f"no camera pose for tracking: {exc}")
             return None
-        q, v = t.transform.rotation, t.transform.translation
-        pose = np.eye(4)
-        pose[:3, :3] = quaternion_to_matrix([q.x, q.y, q.z, q.w])
-        pose[:3, 3] = (v.x, v.y, v.z)
-        return pose
+        return transform_matrix(t.transform)
 
-    def _on_clear_prompts(self, request: Any, response: Any) -> Any:
-        count = self._core.clear_prompts()
-        response.success, response.message = True, f"cleared {count} sticky prompt(s)"
-        return response
-
-    def _on_set_vocabulary(self, request: Any, response: Any) -> Any:
-        """Through the parameters, so that they always tell the vocabulary in use."""
-        core = self._core
-        try:
-            params = core.vocabulary_update(list(request.objects), list(request.parts))
-        except ValueError as exc:
-            response.success, response.message = False, str(exc)
-        else:
-            before = core.vocabulary_names()
-            names = ("vocabulary_objects", "vocabulary_parts")
-            changes = [Parameter(n, Parameter.Type.STRING_ARRAY, getattr(params, n)) for n in names
-                       if getattr(params, n) != getattr(core.params, n)]
-            result = self.set_parameters_atomically(changes) if changes else SetParametersResult(successful=True)
-            response.success = result.successful
-            response.message = (core.vocabulary_summary(core.vocabulary_names() != before) if result.successful
-                                else result.reason)
-        response.objects, response.parts = core.vocabulary_names()
-        return response
+    def _set_vocabulary_parameters(self, changes: dict[str, list[str]]) -> str | None:
+        """``~/set_vocabulary`` changes the vocabulary through the parameters; the refusal reason, or None."""
+        result = self.set_parameters_atomically([Parameter(n, Parameter.Type.STRING_ARRAY, v)
+                                                 for n, v in changes.items()])
+        return None if result.successful else result.reason
 
     # --- outputs ----------------------------------------------------------------------------------------------
 
@@ -469,13 +428,6 @@ class SemsamNode(LifecycleNode):
 def _plain(value: Any) -> Any:
     """A parameter value as NodeParams holds it (arrays as lists)."""
     return list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
-
-
-def _free_gpu_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -21,9 +21,9 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
     """(Predictor, model_id) for ``params`` (``inference.options.load_predictor``). Raises with the reason.
 
     The eager backend is warmed up on one blank 4:3 frame whose short side is ``input_size``, so the encoder runs
-    once at the padded size a 4:3 camera gives (the frame is used as is, never resized). Compiled backends (compile, tensorrt) are built for the
-    camera's own size on its first frame, or loaded from the engine cache when ``semsam build-engine`` prebuilt
-    them, so a robot never compiles at launch.
+    once at the padded size a 4:3 camera gives (the frame is used as is, never resized). Compiled backends
+    (compile, tensorrt) are built for the camera's own size on its first frame, or loaded from the engine cache
+    when ``semsam build-engine`` prebuilt them, so a robot never compiles at launch.
     """
     from semsam_ros.io.checkpoint import CheckpointError
 
@@ -43,6 +43,14 @@ def load_predictor(params: NodeParams) -> tuple[Any, str]:
         predictor.predict(points=np.array([[width / 2, height / 2]]))
         predictor.reset_image()
     return predictor, model_id
+
+
+def free_gpu_memory() -> None:
+    """Return the CUDA allocator's cached blocks (deactivate and cleanup call it after dropping embeddings)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class ModelPipeline:

@@ -351,7 +351,8 @@ class Scheduler:
                 item.auto = self._auto_due(cam)
                 if item.auto:
                     cam.next_auto = self._clock() + 1.0 / self.params.auto_rate_hz
-        ready = {id(f) for f in self.processor.encode([(w.frame, w.prompts, w.auto or (w.track and bool(self.tracker.tracks)))
+        tracking = bool(self.tracker.tracks)
+        ready = {id(f) for f in self.processor.encode([(w.frame, w.prompts, w.auto or (w.track and tracking))
                                                       for w in work.values()])}
         outputs = []
         for item in (item for item in work.values() if id(item.frame) in ready):

@@ -2,8 +2,8 @@
 
 A mask is the child of a coarser one when at least ``min_inside`` of its area lies inside it; its parent is the
 smallest such container. Coarser means a strictly lower level (layout.md, Conventions): masks of one level that
-nest (different prompts) are siblings, never parent and child. Ids are stable within a frame: they follow a canonical order that depends only on the masks, not
-on the order they arrived in.
+nest (different prompts) are siblings, never parent and child. Ids are stable within a frame: they follow a
+canonical order that depends only on the masks, not on the order they arrived in.
 """
 from __future__ import annotations
 
