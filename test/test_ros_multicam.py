@@ -67,6 +67,19 @@ def test_prompts_go_to_the_camera_they_name(types):
     assert future.result().header.frame_id == "wrist_optical"
 
 
+def test_tracks_follow_the_first_camera(types):
+    logs: list[str] = []
+    core = make_multicam(types, ["head", "wrist"], logs)
+    core.submit_prompt(point_prompt(prompt_id=5, levels=(2,), camera="wrist", track=True))
+    assert core.tracker.tracks == {} and core.errors.counts == {"prompt/PromptError/track": 1}
+    assert "tracks follow the first camera ('head')" in logs[0]
+    core.submit_prompt(point_prompt(prompt_id=6, levels=(2,), track=True))
+    core.submit_frame(frame(types, SEC, frame_id="wrist_optical"), camera="wrist")
+    core.submit_frame(frame(types, SEC, frame_id="head_optical"), camera="head")
+    (out,) = core.step()  # only the head frame has work: the track
+    assert out.frame.camera == "head" and [s.track_id for s in out.segments] == [0]
+
+
 def test_rate_cap_skips_frames_of_that_camera_only(types):
     cameras = [CameraParams("head", max_rate_hz=2.0), CameraParams("wrist", "w/image")]
     core = Scheduler(NodeParams(cameras=["head", "wrist"]), FakePredictor(), types, FakePipeline(), log=print,
