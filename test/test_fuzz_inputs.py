@@ -103,7 +103,8 @@ def prompts(rng: np.random.Generator):
         levels = bytes(int(v) for v in rng.integers(0, 9, int(rng.integers(0, 4))))
         yield SimpleNamespace(prompt_id=pick(rng, NUMBERS + [-5]), points=points, boxes=boxes,
                               levels=pick(rng, [levels, [1, "x"], levels]), text="a" * int(rng.integers(0, 50)),
-                              sticky=bool(rng.integers(2)), header=stamp)
+                              sticky=bool(rng.integers(2)), track=bool(rng.integers(2)),
+                              camera=pick(rng, ["", "head", "x" * 300]), header=stamp)
 
 
 def camera_infos(rng: np.random.Generator):
