@@ -19,7 +19,7 @@ from semsam_ros.ros.outputs import NEEDS_3D, OUTPUT_TYPES
 from semsam_ros.text import one_line
 
 
-@dataclass(frozen=True)
+@dataclass
 class CameraPlan:
     """One image topic: its output topics and what each of its frames is segmented with."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from semsam_ros.bag.options import BagSummary
-from semsam_ros.bag.plan import BagPlan
+from semsam_ros.bag.plan import BagPlan, CameraPlan
 from semsam_ros.bag.reader import PROMPT, header_stamp, nearest, read_messages
 from semsam_ros.ros.convert import PromptRequest, prompt_from_msg, stamp_to_ns
 from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output
@@ -24,15 +24,9 @@ WAIT_FRAMES = 4  # queued frames per camera after which a frame is segmented wit
 
 
 @dataclass
-class _Camera:
-    """One image topic: where its results go and what each of its frames is segmented with."""
+class _Camera(CameraPlan):
+    """One image topic as planned, and what the run learns and opens for it."""
 
-    topic: str
-    names: dict[str, tuple[str, str]]  # output kind -> (topic, message type)
-    prompts: list[PromptRequest]  # on every processed frame
-    prompt_topic: str | None
-    depth_topic: str | None
-    info_topic: str | None
     selected: set[int] | None = None  # frame ordinals to process (None: every ``every``-th)
     anchored: dict[int, list[PromptRequest]] = field(default_factory=dict)  # frame ordinal -> its topic prompts
     depth: dict[int, int] = field(default_factory=dict)  # frame ordinal -> depth message ordinal
@@ -80,8 +74,7 @@ class BagRun:
         self.types, self.errors = processor.types, processor.telemetry.errors
         self.start = self.options.start.resolve(reader.start_time) if self.options.start else None
         self.stop = self.options.end.resolve(reader.start_time) if self.options.end else None
-        self.cameras = {topic: _Camera(c.topic, dict(c.names), list(c.prompts), c.prompt_topic, c.depth_topic,
-                                       c.info_topic) for topic, c in plan.cameras.items()}
+        self.cameras = {topic: _Camera(**vars(c)) for topic, c in plan.cameras.items()}
         self.companions = {topic: _Companion(msgtype) for topic, msgtype in plan.companions.items()}
         self.pending: deque[_Pending] = deque()
         self.rendering: deque[Future[list[tuple[Any, int, bytes]]]] = deque()
