@@ -648,3 +648,35 @@ def test_track_follows_the_first_frames_prompts_through_the_bag(tmp_path, predic
         assert all(s.track_state == 1 for s in result.segments)
     with pytest.raises(BagError, match="single --image-topic"):
         process_bag(bag, tmp_path / "out2", predictor, BagOptions([CAM, CAM2], track=True, params=PARAMS))
+
+
+def test_cheap_checks_come_before_the_model_is_loaded(mixed_bag, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import semsam_ros.cli.bag as cli_bag
+
+    loads: list[Any] = []
+    monkeypatch.setattr(cli_bag, "load_predictor", lambda args: loads.append(args) or pytest.fail("model loaded"))
+    corrupt = write_bag(tmp_path / "corrupt", "mcap", [(CAM, IMAGE, T0, encoded(0, "rgb8"))])
+    (data,) = corrupt.glob("*.mcap")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    clash = write_bag(tmp_path / "clash", "sqlite3", [(CAM, IMAGE, T0, encoded(0, "rgb8")),
+                                                      (f"{CAM}/label_image", IMAGE, T0, encoded(0, "rgb8"))])
+    (tmp_path / "file").write_text("")
+    (tmp_path / "taken").mkdir()
+    for bag, out, extra, message in [
+        (corrupt, tmp_path / "o", (), f"cannot read bag {corrupt}: "),
+        (clash, tmp_path / "o", (), f"label_image output topic {CAM}/label_image of image topic {CAM} exists "
+                                    "already in the input bag; process a bag without it"),
+        (mixed_bag, tmp_path / "o", ("--image-topic", CAM2, "--prompt-topic", "/chatter"), "prompt topic /chatter"),
+        (mixed_bag, tmp_path / "taken", (), f"output {tmp_path / 'taken'} exists already; choose another --out"),
+        (mixed_bag, tmp_path / "file" / "o", (), f"cannot create output {tmp_path / 'file' / 'o'}: "
+                                                 f"{tmp_path / 'file'} is not a folder"),
+        (mixed_bag, tmp_path / "o", ("--set", "semantics=true", "--set", f"clip_model={tmp_path / 'taken'}"),
+         f"semantics=true: cannot load the CLIP model {str(tmp_path / 'taken')!r}"),
+        (mixed_bag, tmp_path / "o", ("--set", "semantics=true", "--set", "clip_model=nobody/no-such-clip"),
+         "semantics=true: the CLIP model 'nobody/no-such-clip' is not on this machine"),
+    ]:
+        status, stdout, err = run_cli(capsys, "bag", bag, "--out", out, "--image-topic", CAM, "--auto",
+                                      "--checkpoint", tiny_checkpoint, *extra)
+        assert status == 1 and stdout == "" and err.count("\n") == 1, err
+        assert err.startswith(f"semsam: error: {message}"), err
+    assert loads == [] and not (tmp_path / "o").exists()

@@ -1,4 +1,4 @@
-"""``semsam bag`` on a bag with two cameras: frames of both are encoded together, results equal each camera alone."""
+"""``semsam bag`` on a bag with two cameras, or a camera's raw and compressed topics: results equal each alone."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,11 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from semsam_ros.bag import BagOptions, process_bag  # noqa: E402
+from semsam_ros.bag import BagError, BagOptions, plan_bag, process_bag  # noqa: E402
 from semsam_ros.ros.convert import PromptRequest, msg_to_segments, prompt_to_msg, stamp_to_ns  # noqa: E402
-from test_bag import IMAGE, PARAMS, SEC, T0, TYPES, raw_image, read_bag, scene, write_bag  # noqa: E402
+from test_bag import (  # noqa: E402
+    COMPRESSED, IMAGE, PARAMS, SEC, T0, TYPES, compressed, raw_image, read_bag, scene, write_bag,
+)
 from test_bag import one_torch_thread, predictor  # noqa: E402,F401  (fixtures)
 from semsam_ros.ros.convert import make_header  # noqa: E402
 
@@ -59,3 +61,44 @@ def test_two_camera_bag_equals_each_camera_alone(tmp_path, predictor):
             for seg, other in zip(got_segments, ref_segments):
                 assert np.array_equal(seg.mask, other.mask) and seg.level == other.level
                 assert seg.iou_score == pytest.approx(other.iou_score, abs=1e-5)
+
+
+def test_raw_and_compressed_topics_of_one_camera_in_one_run(tmp_path, predictor):
+    raw, packed = "/cam/image", "/cam/image/compressed"
+    messages = []
+    for k in range(3):
+        stamp = T0 + k * SEC // 10
+        messages.append((raw, IMAGE, stamp + 1, raw_image(make_header(TYPES, stamp, "cam"), "rgb8", scene(k))))
+        messages.append((packed, COMPRESSED, stamp + 2, compressed(k, "png")))
+    bag = write_bag(tmp_path / "in", "sqlite3", messages)
+    prompts = {t: [PromptRequest(3, np.array([[30.0, 22.0]]), levels=(1, 3))] for t in (raw, packed)}
+    process_bag(bag, tmp_path / "both", predictor, BagOptions([raw, packed], prompts=prompts, params=PARAMS))
+    both = read_bag(tmp_path / "both")
+    assert {t for t in both if t.endswith("/segments")} == {f"{raw}/segments", f"{packed}/segments"}
+    for topic in (raw, packed):  # alone, the compressed topic keeps today's name <raw topic>/segments
+        process_bag(bag, tmp_path / topic[-4:], predictor,
+                    BagOptions([topic], prompts={topic: prompts[topic]}, params=PARAMS))
+        alone = read_bag(tmp_path / topic[-4:])
+        assert {t for t in alone if t.endswith("/segments")} == {f"{raw}/segments"}
+        together = both[f"{topic}/segments"]
+        assert len(together) == len(alone[f"{raw}/segments"]) == 3
+        for (t_got, got, _), (t_ref, ref, _) in zip(together, alone[f"{raw}/segments"]):
+            got_segments, ref_segments = msg_to_segments(got), msg_to_segments(ref)
+            assert t_got == t_ref and len(got_segments) == len(ref_segments) > 0
+            for seg, other in zip(got_segments, ref_segments):
+                assert np.array_equal(seg.mask, other.mask) and seg.level == other.level
+                assert seg.iou_score == pytest.approx(other.iou_score, abs=1e-5)
+        assert [m.header.frame_id for _, m, _ in both[f"{topic}/overlay"]] == [
+            m.header.frame_id for _, m, _ in alone[f"{raw}/overlay"]]
+
+
+def test_an_output_topic_taken_in_the_input_suggests_what_works(tmp_path):
+    bag = write_bag(tmp_path / "in", "sqlite3", [(t, IMAGE, T0, raw_image(make_header(TYPES, T0, "c"), "rgb8",
+                                                                             scene(0)))
+                                                 for t in (HEAD, WRIST, f"{HEAD}/segments")])
+    with pytest.raises(BagError, match=f"process {HEAD} in a run of its own with --segments-topic$"):
+        plan_bag(bag, tmp_path / "out", BagOptions([HEAD, WRIST], auto=True))
+    with pytest.raises(BagError, match="choose another with --segments-topic$"):
+        plan_bag(bag, tmp_path / "out", BagOptions([HEAD], auto=True))
+    plan = plan_bag(bag, tmp_path / "out", BagOptions([HEAD], auto=True, segments_topic="/seg"))
+    assert plan.cameras[HEAD].names["segments"][0] == "/seg" and not (tmp_path / "out").exists()

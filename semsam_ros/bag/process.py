@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from semsam_ros.bag.options import BagOptions, BagSummary
-from semsam_ros.bag.reader import STORAGES, BagError, open_bag, storage_of
+from semsam_ros.bag.plan import BagPlan, check_paths, make_pipeline, plan_bag
+from semsam_ros.bag.reader import open_bag
 from semsam_ros.bag.run import BagRun
 from semsam_ros.ros.frame_processor import FrameProcessor, make_tracker
 from semsam_ros.ros.msgtypes import MessageTypes
@@ -52,55 +53,39 @@ def _stderr(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def check_paths(src: Path, dst: Path) -> None:
-    """BagError unless the input exists and the output does not."""
-    if not src.exists():
-        raise BagError(f"bag not found: {src}")
-    if dst.exists():
-        raise BagError(f"output {dst} exists already; choose another --out or delete it")
-
-
 def process_bag(src: str | Path, dst: str | Path, predictor: Any, options: BagOptions, *,
-                log: Callable[[str], None] | None = None) -> BagSummary:
+                log: Callable[[str], None] | None = None, plan: BagPlan | None = None) -> BagSummary:
     """Process bag ``src`` into the new bag ``dst`` with ``predictor`` (a semsam_ros.Predictor); see docs/bag.md.
 
-    Raises BagError (one line) for a missing, unreadable or corrupt input, an existing output or bad options. On
-    KeyboardInterrupt the output is closed, valid and readable with everything processed so far, the summary is
-    logged, and the interrupt propagates.
+    ``plan``: ``plan_bag(src, dst, options)``, made before the predictor was loaded (then it is not planned
+    again); without it the bag is planned here. Raises BagError (one line) for a missing, unreadable or corrupt
+    input, an existing output or bad options. On KeyboardInterrupt the output is closed, valid and readable with
+    everything processed so far, the summary is logged, and the interrupt propagates.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from semsam_ros.ros.pipeline import ModelPipeline
-    from semsam_ros.ros.typestore import STORES, make_typestore
+    from semsam_ros.ros.typestore import make_typestore
 
     src, dst, log = Path(src), Path(dst), log or _stderr
-    if options.every < 1:
-        raise BagError(f"every must be >= 1, got {options.every}")
-    if not options.image_topics:
-        raise BagError("no image topic given")
-    if options.storage not in (None, *STORAGES):
-        raise BagError(f"storage must be one of {', '.join(STORAGES)}, got {options.storage!r}")
-    if options.distro not in (None, *STORES):
-        raise BagError(f"distro must be one of {', '.join(STORES)}, got {options.distro!r}")
-    if options.track and len(options.image_topics) != 1:
-        raise BagError("--track follows the prompts of one image topic: give a single --image-topic")
-    reasons = options.params.validate()
-    if reasons:
-        raise BagError("; ".join(reasons))
-    check_paths(src, dst)
+    if plan is None:
+        plan = plan_bag(src, dst, options)
+    elif (plan.src, plan.dst) != (src, dst) or plan.options is not options:
+        raise ValueError("the plan was made for another src, dst or options")
+    else:
+        check_paths(src, dst)  # the output may have appeared while the model was loading
     began = time.perf_counter()
     with open_bag(src) as reader:
-        storage = options.storage or storage_of(src)
-        distro = options.distro or (reader.ros_distro if reader.ros_distro in STORES else "humble")
-        typestore = make_typestore(distro)
+        storage, typestore = plan.storage, make_typestore(plan.distro)
         types = MessageTypes.from_typestore(typestore)
-        pipeline = ModelPipeline(options.params, str(getattr(predictor, "device", "cpu")), want_points=lambda: True)
+        pipeline = plan.pipeline
+        if pipeline is None:
+            pipeline = make_pipeline(options, str(getattr(predictor, "device", "cpu")))
         model_id = getattr(getattr(predictor, "model", None), "model_id", "")
         telemetry = Telemetry(log, options.params.error_log_period, time.monotonic)
         tracker = make_tracker(options.params) if options.track else None
         processor = FrameProcessor(options.params, predictor, types, pipeline, telemetry, model_id, tracker)
         summary = BagSummary(dst, storage)
-        run = BagRun(reader, src, options, processor, typestore, summary, log)
+        run = BagRun(reader, plan, processor, typestore, summary, log)
         writer = Writer(dst, version=BAG_VERSION, storage_plugin=StoragePlugin[storage.upper()])
         writer.open()
         writer.set_custom_data("semsam_ros.model_id", model_id)

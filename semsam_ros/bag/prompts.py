@@ -98,10 +98,13 @@ def parse_topic_map(values: Sequence[str], image_topics: Sequence[str], what: st
     return mapping
 
 
-def output_topics(image_topic: str) -> dict[str, str]:
-    """Default output topic of each kind (``ros.outputs.OUTPUT_TYPES``) for an image topic (a trailing /compressed
-    is dropped)."""
+def output_topics(image_topic: str, image_topics: Sequence[str] = ()) -> dict[str, str]:
+    """Default output topic of each kind (``ros.outputs.OUTPUT_TYPES``) for an image topic processed together with
+    ``image_topics``: ``<image topic>/<kind>``, where a trailing /compressed is dropped unless the raw topic is among
+    ``image_topics`` too (then the compressed topic keeps it: ``/cam/image/compressed/segments``)."""
     base = image_topic.removesuffix("/compressed")
+    if base != image_topic and base in image_topics:
+        base = image_topic
     return {kind: f"{base}/{kind}" for kind in OUTPUT_TYPES}
 
 

@@ -1,4 +1,4 @@
-"""One ``process_bag`` pass: plan the outputs, index prompts and depth, then copy and segment in one pass."""
+"""One ``process_bag`` pass, as planned by ``plan_bag``: index prompts and depth, then copy and segment in one pass."""
 from __future__ import annotations
 
 import bisect
@@ -7,36 +7,26 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semsam_ros.bag.options import BagOptions, BagSummary
-from semsam_ros.bag.prompts import default_camera_info_topic, output_topics
-from semsam_ros.bag.reader import (
-    CAMERA_INFO, IMAGE_TYPES, PROMPT, BagError, header_stamp,
-    nearest, read_messages,
-)
+from semsam_ros.bag.options import BagSummary
+from semsam_ros.bag.plan import BagPlan, CameraPlan
+from semsam_ros.bag.reader import PROMPT, header_stamp, nearest, read_messages
 from semsam_ros.ros.convert import PromptRequest, prompt_from_msg, stamp_to_ns
 from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output
 from semsam_ros.ros.scheduler import start_tracks, update_sticky
-from semsam_ros.ros.outputs import NEEDS_3D, OUTPUT_TYPES, build_outputs
+from semsam_ros.ros.outputs import OUTPUT_TYPES, build_outputs
 
 RENDER_QUEUE = 2  # frames whose outputs may be rendering in the background at once
 WAIT_FRAMES = 4  # queued frames per camera after which a frame is segmented without waiting for the other cameras
 
 
 @dataclass
-class _Camera:
-    """One image topic: where its results go and what each of its frames is segmented with."""
+class _Camera(CameraPlan):
+    """One image topic as planned, and what the run learns and opens for it."""
 
-    topic: str
-    names: dict[str, tuple[str, str]]  # output kind -> (topic, message type)
-    prompts: list[PromptRequest]  # on every processed frame
-    prompt_topic: str | None
-    depth_topic: str | None
-    info_topic: str | None
     selected: set[int] | None = None  # frame ordinals to process (None: every ``every``-th)
     anchored: dict[int, list[PromptRequest]] = field(default_factory=dict)  # frame ordinal -> its topic prompts
     depth: dict[int, int] = field(default_factory=dict)  # frame ordinal -> depth message ordinal
@@ -76,21 +66,21 @@ class _Pending:
 class BagRun:
     """One ``process_bag`` call: the index pass when needed, then one pass that copies and processes."""
 
-    def __init__(self, reader: Any, src: Path, options: BagOptions, processor: FrameProcessor, typestore: Any,
-                 summary: BagSummary, log: Callable[[str], None]) -> None:
-        self.reader, self.src, self.options, self.processor, self.typestore = reader, src, options, processor, typestore
+    def __init__(self, reader: Any, plan: BagPlan, processor: FrameProcessor, typestore: Any, summary: BagSummary,
+                 log: Callable[[str], None]) -> None:
+        self.reader, self.src, self.options = reader, plan.src, plan.options
+        self.processor, self.typestore = processor, typestore
         self.summary, self.log = summary, log
         self.types, self.errors = processor.types, processor.telemetry.errors
-        self.start = options.start.resolve(reader.start_time) if options.start else None
-        self.stop = options.end.resolve(reader.start_time) if options.end else None
-        self.cameras: dict[str, _Camera] = {}
-        self.companions: dict[str, _Companion] = {}
+        self.start = self.options.start.resolve(reader.start_time) if self.options.start else None
+        self.stop = self.options.end.resolve(reader.start_time) if self.options.end else None
+        self.cameras = {topic: _Camera(**vars(c)) for topic, c in plan.cameras.items()}
+        self.companions = {topic: _Companion(msgtype) for topic, msgtype in plan.companions.items()}
         self.pending: deque[_Pending] = deque()
         self.rendering: deque[Future[list[tuple[Any, int, bytes]]]] = deque()
         self.bar: Any = None
         self.check_interrupt: Callable[[], None] = lambda: None
         self.tracks_started = False  # --track: whether a frame's prompts started the tracks
-        self._plan()
 
     def run(self, writer: Any, check_interrupt: Callable[[], None]) -> None:
         from tqdm import tqdm
@@ -122,49 +112,6 @@ class BagRun:
                 self._write_rendered(writer, 0)
 
     # setup
-
-    def _plan(self) -> None:
-        """Check the topics and plan the outputs of each image topic (before anything is written)."""
-        options, topics = self.options, self.reader.topics
-        for topic in options.image_topics:
-            require_topic(topics, topic, IMAGE_TYPES, "image")
-        if len(options.image_topics) > 1 and (options.segments_topic or options.overlay_topic):
-            raise BagError("--segments-topic and --overlay-topic need a single --image-topic")
-        for what, mapping in (("prompts", options.prompts), ("prompt_topics", options.prompt_topics),
-                              ("depth_topics", options.depth_topics),
-                              ("camera_info_topics", options.camera_info_topics)):
-            unknown = sorted(set(mapping) - set(options.image_topics))
-            if unknown:
-                raise BagError(f"{what} names {unknown[0]}, which is not one of the image topics")
-        taken = set(topics)
-        for topic in options.image_topics:
-            names = output_topics(topic)
-            names["segments"] = options.segments_topic or names["segments"]
-            names["overlay"] = options.overlay_topic or names["overlay"]
-            kinds = ["segments", "label_image"] + (["overlay"] if options.overlay else [])
-            if OUTPUT_TYPES["detections"] in self.typestore.fielddefs:  # vision_msgs: as the node, when known
-                kinds.append("detections")
-            depth_topic = options.depth_topics.get(topic)
-            info_topic = None
-            if depth_topic is not None:
-                require_topic(topics, depth_topic, IMAGE_TYPES, "depth")
-                info_topic = options.camera_info_topics.get(topic, default_camera_info_topic(topic))
-                require_topic(topics, info_topic, (CAMERA_INFO,), "camera_info")
-                kinds += NEEDS_3D
-            prompt_topic = options.prompt_topics.get(topic)
-            if prompt_topic is not None:
-                require_topic(topics, prompt_topic, (PROMPT,), "prompt")
-            for kind in kinds:
-                if names[kind] in taken:
-                    raise BagError(f"output topic {names[kind]} exists already in the input bag or twice in the "
-                                   "output; choose another with --segments-topic/--overlay-topic")
-                taken.add(names[kind])
-            self.cameras[topic] = _Camera(topic, {kind: (names[kind], OUTPUT_TYPES[kind]) for kind in kinds},
-                                          options.prompts.get(topic, []), prompt_topic, depth_topic, info_topic)
-            for companion, msgtype in ((depth_topic, topics[depth_topic].msgtype if depth_topic else ""),
-                                       (info_topic, CAMERA_INFO)):
-                if companion is not None:
-                    self.companions.setdefault(companion, _Companion(msgtype))
 
     def _add_copies(self, writer: Any) -> dict[int, Any]:
         """An output connection for every input connection that can be copied (input id -> output connection)."""
@@ -382,13 +329,3 @@ class BagRun:
                                  self.processor.pipeline.semantics)
         return [(outputs[kind], item.time_ns, self.typestore.serialize_cdr(message, OUTPUT_TYPES[kind]))
                 for kind, message in messages.items()]
-
-
-def require_topic(topics: dict[str, Any], topic: str, msgtypes: Sequence[str], what: str) -> None:
-    if topic not in topics:
-        candidates = sorted(t for t, info in topics.items() if info.msgtype in msgtypes)
-        raise BagError(f"{what} topic {topic} is not in the bag (topics of type {' or '.join(msgtypes)}: "
-                       f"{', '.join(candidates) or 'none'})")
-    if topics[topic].msgtype not in msgtypes:
-        raise BagError(f"{what} topic {topic} has type {topics[topic].msgtype}, expected {' or '.join(msgtypes)}")
-

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from semsam_ros.bag import (
-    STORAGES, BagOptions, BagTime, bag_info, check_paths, load_prompts, parse_topic_map, process_bag,
+    STORAGES, BagOptions, BagTime, bag_info, load_prompts, parse_topic_map, plan_bag, process_bag,
 )
-from semsam_ros.cli.args import UserError, add_model_arguments, load_predictor, parse_levels
+from semsam_ros.cli.args import UserError, add_model_arguments, device, load_predictor, parse_levels
 from semsam_ros.ros.params import load_node_params
 from semsam_ros.text import one_line
 
@@ -94,9 +94,10 @@ def run_bag(args: argparse.Namespace) -> int:
         camera_info_topics=parse_topic_map(args.camera_info_topic, topics, "--camera-info-topic"),
         progress=not args.quiet,
     )
-    check_paths(Path(args.input), args.out)
+    # everything that needs no model is checked first: the model can take many seconds to load
+    plan = plan_bag(args.input, args.out, options, device=str(device(args)))
     predictor, _ = load_predictor(args)
-    summary = process_bag(args.input, args.out, predictor, options)
+    summary = process_bag(args.input, args.out, predictor, options, plan=plan)
     print(summary)
     return 0
 
