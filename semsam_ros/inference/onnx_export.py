@@ -80,19 +80,25 @@ def export_part(
     module = model.image_encoder if part is None else model.prompt_decoder
     names = ENCODER_IO if part is None else DECODER_IO
     wrapped = AtPrecision(module, DTYPES[precision], inputs[0].device.type).eval()
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
-        torch.onnx.export(
-            wrapped,
-            tuple(inputs),
-            str(path),
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(names[0]),
-            output_names=list(names[1]),
-            external_data=False,
-            verbose=False,
-        )
+    chatter = logging.getLogger("onnxscript")  # one "skipping constant folding" warning per Split node
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+            torch.onnx.export(
+                wrapped,
+                tuple(inputs),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(names[0]),
+                output_names=list(names[1]),
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        chatter.setLevel(level)
     return path
 
 

@@ -95,10 +95,10 @@ def backend_problems(name: str, device: torch.device, precision: str, engine_rou
         if engine_route == "torch":
             problems += _import_problem("torch_tensorrt", TENSORRT_HINT)
         else:
-            for module in ("onnx", "onnxscript"):
-                problems += _import_problem(module, ONNX_ROUTE_HINT)
+            missing = [p for m in ("onnx", "onnxscript") for p in _import_problem(m, "pip install onnx onnxscript")]
             if _import_problem("tensorrt", "") and find_trtexec() is None:
-                problems.append(f"neither the tensorrt package nor trtexec is installed; {ONNX_ROUTE_HINT}")
+                missing.append("neither the tensorrt package nor trtexec is installed")
+            problems += [f"{'; '.join(missing)}; {ONNX_ROUTE_HINT}"] if missing else []
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         problems.append("this GPU does not support bfloat16")
     return problems
