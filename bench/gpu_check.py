@@ -12,6 +12,7 @@ clicks; p50/p99 from a frame's arrival to its Output. Needs no rosbags: messages
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -148,6 +149,8 @@ def main() -> None:
             options = {name: {"buckets": BUCKETS, **extra, **({"cache_dir": cache} if name == "tensorrt" else {})}}
             row = bench_backend(model, name, precision, device, shape, PROMPTS, args.iters, args.warmup, options, reference)
             rows.append({**row, "backend": "/".join([name, *(f"{k}={v}" for k, v in extra.items())])})
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # what is done survives the time limit
+            Path(args.out).write_text(json.dumps({"partial": True, "rows": rows}, indent=2), encoding="utf-8")
     rows += ort_rows(model, device, shape, args.iters, args.warmup, reference)
     node = node_latency(model, device, "fp16" if cuda else "fp32", args.frames, args.input_size)
     result = {

@@ -139,5 +139,7 @@ def create_backend(
         log.warning("%s; falling back to the eager backend (%s)", message, eager_precision)
         common = {k: v for k, v in options.items() if k in ("buckets", "cuda_graphs")}
         return EagerBackend(model, device, eager_precision, **common)
+    if name == "tensorrt" and route == "onnx" and options.get("compiler") is None:
+        options["compiler"] = OnnxTensorRTCompiler(device=device)
     classes: dict[str, type[Backend]] = {"eager": EagerBackend, "compile": CompileBackend, "tensorrt": TensorRTBackend}
     return classes[name](model, device, precision, **options)

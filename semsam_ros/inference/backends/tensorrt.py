@@ -228,8 +228,9 @@ class _Engines:
 class TensorRTBackend(Backend):
     """TensorRT engines: the encoder at each padded input shape, the decoder at each prompt bucket.
 
-    ``engine_route`` "torch" builds them with Torch-TensorRT, "onnx" from ONNX files with TensorRT's own builder
-    (:mod:`.onnx_tensorrt`); ``compiler`` replaces the route's default compiler.
+    ``engine_route`` "torch" builds them with Torch-TensorRT (``compiler`` default :class:`TorchTensorRTCompiler`),
+    "onnx" from ONNX files with TensorRT's own builder (``compiler``: an :class:`~.onnx_tensorrt.OnnxTensorRTCompiler`,
+    which :func:`~semsam_ros.inference.backends.create_backend` makes).
 
     Engines come from the :class:`EngineCache` when a valid entry exists; otherwise they are exported, compiled,
     checked against fp32 eager (:mod:`.accuracy`) and only then cached. ``allow_build=False``
@@ -258,9 +259,7 @@ class TensorRTBackend(Backend):
         if engine_route not in ENGINE_ROUTES:
             raise ValueError(f"engine_route must be one of {ENGINE_ROUTES}, got {engine_route!r}")
         if compiler is None and engine_route == "onnx":
-            from .onnx_tensorrt import OnnxTensorRTCompiler  # imports this module
-
-            compiler = OnnxTensorRTCompiler(device=self.device)
+            raise ValueError("engine_route='onnx' needs compiler=OnnxTensorRTCompiler(...) (create_backend makes one)")
         self.compiler = compiler if compiler is not None else TorchTensorRTCompiler()
         if self.compiler.route != engine_route:
             raise ValueError(f"engine_route {engine_route!r} but the compiler builds route {self.compiler.route!r}")
