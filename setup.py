@@ -31,7 +31,8 @@ setup(
     extras_require={
         "bag": ["rosbags>=0.10"],
         "semantics": ["transformers>=4.40"],
-        "test": ["pytest>=7", "rosbags>=0.10"],
+        "onnx": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
+        "test": ["pytest>=7", "rosbags>=0.10", "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["semsam = semsam_ros.cli:main"]},
 )

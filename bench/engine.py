@@ -49,6 +49,22 @@ def bench_backend(
     except BackendError as exc:
         row["skipped"] = str(exc)
         return row
+    return measure(row, backend, model, device, shape, prompts, iters, warmup, reference)
+
+
+def measure(
+    row: dict[str, Any],
+    backend: Any,
+    model: SemanticSam,
+    device: torch.device,
+    shape: tuple[int, int],
+    prompts: list[int],
+    iters: int,
+    warmup: int,
+    reference: EagerBackend,
+) -> dict[str, Any]:
+    """Fill ``row`` with the build time, latencies, peak memory and accuracy of ``backend`` (a Backend, or
+    anything with its ``prepare``, ``describe``, ``image_encoder`` and ``prompt_decoder``)."""
     row["config"] = backend.describe()
     try:
         start = time.perf_counter()

@@ -36,6 +36,10 @@ DEFAULT_BUCKETS: tuple[int, ...] = (1, 8, 64)
 """Prompt-batch sizes compiled backends are built for (a call is padded up to the next one)."""
 MIN_MEAN_IOU = 0.98
 """Accuracy guard: the smallest mean mask IoU of a compiled backend against eager fp32."""
+ENGINE_ROUTES: tuple[str, ...] = ("torch", "onnx")
+"""How TensorRT engines are built: Torch-TensorRT from torch.export programs, or TensorRT's ONNX parser."""
+ONNX_OPSET = 18
+"""ONNX opset of the exported files (GridSample needs 16+; 18 is the exporter's oldest well-tested one)."""
 ON_FAILURE: tuple[str, ...] = ("refuse", "warn")
 """What the accuracy guard does below MIN_MEAN_IOU."""
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"

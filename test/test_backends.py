@@ -177,7 +177,7 @@ def test_tensorrt_unavailable_is_a_clear_error(tiny_model, monkeypatch):
         create_backend("tensorrt", tiny_model, "cpu", "fp16")
     message = str(err.value)
     assert "backend 'tensorrt' (fp16) cannot run on cpu" in message
-    assert "Torch-TensorRT needs a CUDA device, got cpu" in message
+    assert "TensorRT needs a CUDA device, got cpu" in message
     assert "torch_tensorrt cannot be imported" in message and "docs/deployment.md" in message
     with pytest.raises(BackendError, match="torch_tensorrt cannot be imported"):
         Predictor(tiny_model, short_side=96, backend="tensorrt", precision="fp16")

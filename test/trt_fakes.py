@@ -1,4 +1,7 @@
-"""A stand-in for the ``torch_tensorrt`` package, so the TensorRT backend runs on CPU with TensorRT alone faked.
+"""Stand-ins for TensorRT, so the TensorRT backend runs on CPU with TensorRT alone faked.
+
+Torch-TensorRT route: a fake ``torch_tensorrt`` package. ONNX route: :class:`CpuOnnxCompiler`, the real compiler
+whose builder runs ``fake_trtexec.py`` (a fake ``trtexec``) and whose engines run with onnxruntime.
 
 The backend's own code runs as it does on a GPU: it exports each part with ``torch.export``, and
 :class:`~semsam_ros.inference.backends.TorchTensorRTCompiler` calls ``torch_tensorrt.dynamo.compile``,
@@ -17,7 +20,11 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
-from semsam_ros.inference.backends import TorchTensorRTCompiler
+from semsam_ros.inference.backends import OnnxTensorRTCompiler, TorchTensorRTCompiler, TrtexecBuilder
+from semsam_ros.inference.onnx_runtime import OrtPart
+
+FAKE_TRTEXEC = Path(__file__).with_name("fake_trtexec.py")
+FAKE_GPU = {"gpu": "Fake GPU", "compute_capability": "8.7"}  # a Jetson Orin
 
 
 class Negated(nn.Module):
@@ -91,10 +98,17 @@ class FakeCompiler(TorchTensorRTCompiler):
 
     def environment(self, device: torch.device) -> dict[str, str]:
         """EngineKey fields of a Jetson Orin (no CUDA device or TensorRT library here)."""
-        return {
-            "torch": torch.__version__,
-            "torch_tensorrt": self.trt.__version__,
-            "tensorrt": "10.3.0",
-            "gpu": "Fake GPU",
-            "compute_capability": "8.7",
-        }
+        return {"torch": torch.__version__, "torch_tensorrt": self.trt.__version__, "tensorrt": "10.3.0", **FAKE_GPU}
+
+
+class CpuOnnxCompiler(OnnxTensorRTCompiler):
+    """The ONNX route's real compiler: real ONNX export, :class:`TrtexecBuilder` running ``fake_trtexec.py``, and
+    the saved "engines" (ONNX bytes) run by onnxruntime on the CPU in place of the TensorRT runtime."""
+
+    def __init__(self) -> None:
+        super().__init__(TrtexecBuilder(str(FAKE_TRTEXEC)), OrtPart, torch.device("cpu"))
+
+    def environment(self, device: torch.device) -> dict[str, str]:
+        """The real fields with the GPU's faked (there is no CUDA device here)."""
+        with mock.patch("semsam_ros.inference.backends.onnx_tensorrt.gpu_environment", lambda d: FAKE_GPU):
+            return super().environment(device)

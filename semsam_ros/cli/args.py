@@ -50,6 +50,35 @@ def parse_levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """ "640x960" -> (640, 960)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 640x960, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """ "1,8,64" -> (1, 8, 64)."""
+    try:
+        buckets = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated prompt counts such as 1,8,64, got {text!r}"
+        ) from None
+    if not buckets or buckets[0] < 1:
+        raise argparse.ArgumentTypeError(f"prompt counts must be positive, got {text!r}")
+    return buckets
+
+
+def padded_size(size: tuple[int, int], divisibility: int) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of ``divisibility``: the model input after padding."""
+    return (-(-size[0] // divisibility) * divisibility, -(-size[1] // divisibility) * divisibility)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --config, --device, --input-size, --max-long-side, --backend, --precision (read by
     :func:`model_options`)."""

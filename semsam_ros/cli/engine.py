@@ -2,7 +2,7 @@
 
 Registered in ``semsam_ros.cli.main`` as ``Subcommand(HELP, add_arguments, run)``; torch and the model are
 imported in :func:`run` (``semsam --help`` stays fast). Exit status: 0 engines ready (built now or already
-cached), 1 nothing can be built here (unreadable checkpoint, no CUDA, no Torch-TensorRT), 3 the accuracy guard
+cached), 1 nothing can be built here (unreadable checkpoint, no CUDA, no Torch-TensorRT / TensorRT), 3 the accuracy guard
 refused the engines (nothing was cached).
 """
 from __future__ import annotations
@@ -14,35 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from semsam_ros.cli.args import UserError
-from semsam_ros.types import DEFAULT_BUCKETS, MIN_MEAN_IOU, ON_FAILURE, PRECISIONS
+from semsam_ros.cli.args import UserError, padded_size, parse_buckets, parse_size
+from semsam_ros.types import DEFAULT_BUCKETS, ENGINE_ROUTES, MIN_MEAN_IOU, ON_FAILURE, PRECISIONS
 
 
-HELP = "build and cache TensorRT engines for a checkpoint, input size and precision"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """ "640x960" -> (640, 960)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 640x960, got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return h, w
-
-
-def parse_buckets(text: str) -> tuple[int, ...]:
-    """ "1,8,64" -> (1, 8, 64)."""
-    try:
-        buckets = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated prompt counts such as 1,8,64, got {text!r}"
-        ) from None
-    if not buckets or buckets[0] < 1:
-        raise argparse.ArgumentTypeError(f"prompt counts must be positive, got {text!r}")
-    return buckets
+HELP = "build and cache TensorRT engines for a checkpoint, input size, precision and route"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", default=None, help="swint, swinl or an official YAML (default: from the checkpoint)"
     )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    parser.add_argument(
+        "--route",
+        choices=ENGINE_ROUTES,
+        default="torch",
+        help="torch: Torch-TensorRT (default); onnx: ONNX export built by TensorRT's Python API or trtexec",
+    )
     parser.add_argument(
         "--input-size",
         type=parse_size,
@@ -123,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError) as exc:
         raise UserError(str(exc)) from None
     h, w = args.input_size
-    div = model.config.size_divisibility
-    shape = (-(-h // div) * div, -(-w // div) * div)
+    shape = padded_size(args.input_size, model.config.size_divisibility)
     start = time.perf_counter()
     try:
         backend = create_backend(
@@ -133,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             args.precision,
             buckets=args.buckets,
+            engine_route=args.route,
             cache_dir=args.cache_dir,
             min_mean_iou=args.min_iou,
             on_accuracy_failure=args.accuracy,

@@ -1,6 +1,7 @@
 """On-disk cache of compiled engines, validated before every load.
 
-Layout: ``<root>/<weights sha256[:16]>/<gpu>-sm<cc>/<part>-<H>x<W>-<bucket>-<precision>.pt2`` and a ``.json``
+Layout: ``<root>/<weights sha256[:16]>/<gpu>-sm<cc>/<part>-<H>x<W>-<bucket>-<precision>.pt2`` (Torch-TensorRT
+route; the ONNX route's are ``...-<precision>-onnx.engine``, serialized TensorRT plans) and a ``.json``
 manifest beside it holding the full :class:`EngineKey`, the engine file's size and sha256, and build facts.
 Writes are atomic (temporary file, fsync, rename) and the manifest is written last, so an entry exists only when
 both files are complete. An entry whose manifest is unreadable, whose key differs from the one asked for (e.g.
@@ -24,7 +25,7 @@ from ...io.hashing import file_sha256
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
-ENGINE_SUFFIX = ".pt2"  # torch.export archive, as torch_tensorrt.save writes it
+ENGINE_SUFFIXES = {"torch": ".pt2", "onnx": ".engine"}  # torch.export archive (torch_tensorrt.save); TensorRT plan
 T = TypeVar("T")
 
 
@@ -55,6 +56,7 @@ class EngineKey:
     tensorrt: str
     gpu: str
     compute_capability: str  # "major.minor"
+    route: str = "torch"  # "torch" (Torch-TensorRT) or "onnx" (TensorRT's ONNX parser)
 
     @property
     def folder(self) -> str:
@@ -66,7 +68,8 @@ class EngineKey:
     def stem(self) -> str:
         h, w = self.input_shape
         bucket = "image" if self.bucket is None else f"b{self.bucket}"
-        return f"{self.part}-{h}x{w}-{bucket}-{self.precision}"
+        route = "" if self.route == "torch" else f"-{self.route}"
+        return f"{self.part}-{h}x{w}-{bucket}-{self.precision}{route}"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -108,7 +111,7 @@ class EngineCache:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
 
     def engine_path(self, key: EngineKey) -> Path:
-        return self.root / key.folder / (key.stem + ENGINE_SUFFIX)
+        return self.root / key.folder / (key.stem + ENGINE_SUFFIXES[key.route])
 
     def manifest_path(self, key: EngineKey) -> Path:
         return self.root / key.folder / (key.stem + ".json")

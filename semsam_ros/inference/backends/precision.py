@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from ...types import PRECISIONS
 
 DTYPES: dict[str, torch.dtype] = dict(zip(PRECISIONS, (torch.float32, torch.float16, torch.bfloat16)))
+PRECISION_OF: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def _to_fp32(x: Any) -> Any:

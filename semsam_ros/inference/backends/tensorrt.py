@@ -1,9 +1,10 @@
-"""The Torch-TensorRT backend: export, compile, accuracy guard and engine cache.
+"""The TensorRT backend: export, compile, accuracy guard and engine cache.
 
-Engines are built per padded input shape (the image encoder) and per prompt bucket (the prompt decoder) from
-``torch.export`` programs of the fp32 model, with the low precision as a builder setting
-(:func:`tensorrt_precision_settings`), checked against fp32 eager (:mod:`.accuracy`) and stored in the
-:class:`~.engine_cache.EngineCache` as ``.pt2`` archives.
+Engines are built per padded input shape (the image encoder) and per prompt bucket (the prompt decoder) by a
+compiler, checked against fp32 eager (:mod:`.accuracy`) and stored in the :class:`~.engine_cache.EngineCache`.
+The default route, Torch-TensorRT, compiles ``torch.export`` programs of the fp32 model with the low precision as
+a builder setting (:func:`tensorrt_precision_settings`) into ``.pt2`` archives; the ONNX route is
+:mod:`.onnx_tensorrt`.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from ...model.semantic_sam import SemanticSam
-from ...types import MIN_MEAN_IOU
+from ...types import ENGINE_ROUTES, MIN_MEAN_IOU
 from .accuracy import AccuracyReport, check, evaluate
 from .base import Backend, BackendError, DecoderFn, EncoderFn, Shape, decode_in_buckets, log_once
 from .eager import EagerBackend
 from .engine_cache import EngineCache, EngineKey
+from .precision import with_precision
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +88,42 @@ def pytorch_ops(module: nn.Module) -> Counter[str]:
 
 
 class EngineCompiler(Protocol):
-    """What the TensorRT backend needs from a compiler (:class:`TorchTensorRTCompiler`, or another builder)."""
+    """What the TensorRT backend needs from a compiler: :class:`TorchTensorRTCompiler` (route "torch") or
+    :class:`~.onnx_tensorrt.OnnxTensorRTCompiler` (route "onnx"). An engine is a callable of the part's inputs."""
+
+    route: str
 
     def environment(self, device: torch.device) -> dict[str, str]:
         """EngineKey fields: torch, torch_tensorrt and tensorrt versions, gpu name, compute_capability."""
 
-    def compile(
-        self, exported: torch.export.ExportedProgram, inputs: Sequence[Tensor], dtype: torch.dtype, device: torch.device
-    ) -> nn.Module: ...
+    def example_inputs(
+        self, model: SemanticSam, shape: Shape, buckets: Sequence[int], dtype: torch.dtype, device: torch.device
+    ) -> dict[int | None, tuple[Tensor, ...]]: ...
 
-    def save(self, engine: nn.Module, path: Path, inputs: Sequence[Tensor]) -> None: ...
+    def export(self, model: SemanticSam, part: int | None, inputs: tuple[Tensor, ...], dtype: torch.dtype) -> Any:
+        """What :meth:`compile` builds from (a ``torch.export`` program, an ONNX file)."""
 
-    def load(self, path: Path) -> nn.Module: ...
+    def compile(self, exported: Any, inputs: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> Any: ...
+
+    def save(self, engine: Any, path: Path, inputs: Sequence[Tensor]) -> None: ...
+
+    def load(self, path: Path) -> Any: ...
+
+
+def gpu_environment(device: torch.device) -> dict[str, str]:
+    """EngineKey fields of the GPU: its name and compute capability."""
+    props = torch.cuda.get_device_properties(device)
+    return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
 
 
 class TorchTensorRTCompiler:
     """The Torch-TensorRT dynamo path: ``torch_tensorrt.dynamo.compile``, ``torch_tensorrt.save`` / ``load``.
 
     ``settings`` are extra keyword arguments for ``torch_tensorrt.dynamo.compile`` (e.g. ``optimization_level``,
-    ``workspace_size``, ``min_block_size``).
+    ``workspace_size``, ``min_block_size``). It compiles fp32 programs with the precision as a builder setting.
     """
+
+    route = "torch"
 
     def __init__(self, **settings: Any) -> None:
         try:
@@ -117,14 +135,22 @@ class TorchTensorRTCompiler:
         self.settings = settings
 
     def environment(self, device: torch.device) -> dict[str, str]:
-        props = torch.cuda.get_device_properties(device)
         return {
             "torch": torch.__version__,
             "torch_tensorrt": self.trt.__version__,
             "tensorrt": importlib.import_module("tensorrt").__version__,
-            "gpu": props.name,
-            "compute_capability": f"{props.major}.{props.minor}",
+            **gpu_environment(device),
         }
+
+    def example_inputs(
+        self, model: SemanticSam, shape: Shape, buckets: Sequence[int], dtype: torch.dtype, device: torch.device
+    ) -> dict[int | None, tuple[Tensor, ...]]:
+        return example_inputs(model, shape, buckets, device)
+
+    def export(
+        self, model: SemanticSam, part: int | None, inputs: tuple[Tensor, ...], dtype: torch.dtype
+    ) -> torch.export.ExportedProgram:
+        return export_part(model, part, inputs)
 
     def compile(
         self, exported: torch.export.ExportedProgram, inputs: Sequence[Tensor], dtype: torch.dtype, device: torch.device
@@ -162,13 +188,14 @@ def model_code_digest() -> str:
 
 
 def example_inputs(
-    model: SemanticSam, shape: Shape, buckets: Sequence[int], device: torch.device
+    model: SemanticSam, shape: Shape, buckets: Sequence[int], device: torch.device, dtype: torch.dtype = torch.float32
 ) -> dict[int | None, tuple[Tensor, ...]]:
     """Inputs (ordinary tensors, not inference tensors) for exporting and compiling each part at padded ``shape``:
-    the image encoder's under None, each prompt bucket's decoder's under its prompt count."""
+    the image encoder's under None, each prompt bucket's decoder's under its prompt count. The decoder gets the
+    encoder's outputs as eager computes them at ``dtype`` (see :func:`~.precision.with_precision`)."""
     with torch.inference_mode(False), torch.no_grad():
         image = torch.zeros(1, 3, *shape, device=device)
-        mask_features, values = model.image_encoder(image)
+        mask_features, values = with_precision(model.image_encoder, device.type, dtype)(image)
         examples: dict[int | None, tuple[Tensor, ...]] = {None: (image,)}
         for bucket in buckets:
             boxes = torch.full((bucket, 4), 0.5, device=device)
@@ -199,7 +226,11 @@ class _Engines:
 
 
 class TensorRTBackend(Backend):
-    """Torch-TensorRT engines: the encoder at each padded input shape, the decoder at each prompt bucket.
+    """TensorRT engines: the encoder at each padded input shape, the decoder at each prompt bucket.
+
+    ``engine_route`` "torch" builds them with Torch-TensorRT (``compiler`` default :class:`TorchTensorRTCompiler`),
+    "onnx" from ONNX files with TensorRT's own builder (``compiler``: an :class:`~.onnx_tensorrt.OnnxTensorRTCompiler`,
+    which :func:`~semsam_ros.inference.backends.create_backend` makes).
 
     Engines come from the :class:`EngineCache` when a valid entry exists; otherwise they are exported, compiled,
     checked against fp32 eager (:mod:`.accuracy`) and only then cached. ``allow_build=False``
@@ -218,6 +249,7 @@ class TensorRTBackend(Backend):
         precision: str = "fp16",
         *,
         cache_dir: str | Path | None = None,
+        engine_route: str = "torch",
         compiler: EngineCompiler | None = None,
         min_mean_iou: float = MIN_MEAN_IOU,
         on_accuracy_failure: str = "refuse",
@@ -225,7 +257,13 @@ class TensorRTBackend(Backend):
         **options: Any,
     ) -> None:
         super().__init__(model, device, precision, static_prompts=True, **options)
+        if engine_route not in ENGINE_ROUTES:
+            raise ValueError(f"engine_route must be one of {ENGINE_ROUTES}, got {engine_route!r}")
+        if compiler is None and engine_route == "onnx":
+            raise ValueError("engine_route='onnx' needs compiler=OnnxTensorRTCompiler(...) (create_backend makes one)")
         self.compiler = compiler if compiler is not None else TorchTensorRTCompiler()
+        if self.compiler.route != engine_route:
+            raise ValueError(f"engine_route {engine_route!r} but the compiler builds route {self.compiler.route!r}")
         self.cache = EngineCache(cache_dir)
         self.min_mean_iou = min_mean_iou
         self.on_accuracy_failure = on_accuracy_failure
@@ -236,11 +274,12 @@ class TensorRTBackend(Backend):
         self._key_fields = {
             "weights_sha256": weights_digest(self.model),
             "model_code": model_code_digest(),
+            "route": engine_route,
             **self.compiler.environment(self.device),
         }
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "cache_dir": str(self.cache.root)}
+        return {**super().describe(), "engine_route": self.compiler.route, "cache_dir": str(self.cache.root)}
 
     def key(self, shape: Shape, bucket: int | None) -> EngineKey:
         part = "encoder" if bucket is None else "decoder"
@@ -281,11 +320,11 @@ class TensorRTBackend(Backend):
             raise BackendError(
                 f"no valid cached TensorRT engine for {shape[0]}x{shape[1]} {self.precision} in {self.cache.root} and "
                 f"allow_build=False; prebuild with: semsam build-engine --checkpoint CKPT --precision {self.precision} "
-                f"--input-size {shape[0]}x{shape[1]} --cache-dir {self.cache.root}"
+                f"--input-size {shape[0]}x{shape[1]} --route {self.compiler.route} --cache-dir {self.cache.root}"
             )
         built: dict[int | None, tuple[float, tuple[Tensor, ...]]] = {}
         if missing:
-            examples = example_inputs(self.model, shape, self.buckets, self.device)
+            examples = self.compiler.example_inputs(self.model, shape, self.buckets, self.dtype, self.device)
             for i, part in enumerate(missing, 1):
                 what = "image encoder" if part is None else f"prompt decoder, {part} prompts"
                 log.info(
@@ -293,7 +332,7 @@ class TensorRTBackend(Backend):
                 )
                 start = time.perf_counter()
                 with torch.inference_mode(False):
-                    exported = export_part(self.model, part, examples[part])
+                    exported = self.compiler.export(self.model, part, examples[part], self.dtype)
                     engines[part] = self.compiler.compile(exported, examples[part], self.dtype, self.device)
                 built[part] = (time.perf_counter() - start, examples[part])
                 log.info("TensorRT [%d/%d]: built in %.1f s", i, len(missing), built[part][0])
