@@ -10,10 +10,11 @@ from scipy import ndimage
 from semsam_ros.geometry.grids import SampleGrids
 
 MIN_HALF_WINDOW, MAX_HALF_WINDOW = 2, 12  # pixels of the one-sided windows the normal is fitted to
+WINDOW_SAMPLES = 6  # a half window samples at most this many pixels each way (every pixel up to 6, then strided)
 CENTRED_RESIDUAL = 2.0  # the centred window is on one face unless its residual is this many times the best one's
 _RESIDUAL_FLOOR = 1e-10  # m^2: residuals below (10 um)^2 are noise-free, all alike
-_OFFSETS = np.arange(-MAX_HALF_WINDOW, MAX_HALF_WINDOW + 1)
-_DR, _DC = np.repeat(_OFFSETS, _OFFSETS.size), np.tile(_OFFSETS, _OFFSETS.size)  # the largest window, row-major
+_OFFSETS = np.arange(-WINDOW_SAMPLES, WINDOW_SAMPLES + 1)
+_DR, _DC = np.repeat(_OFFSETS, _OFFSETS.size), np.tile(_OFFSETS, _OFFSETS.size)  # window samples, row-major
 _QUADRANTS = np.stack([(_DR <= 0) & (_DC <= 0), (_DR <= 0) & (_DC >= 0), (_DR >= 0) & (_DC <= 0),
                        (_DR >= 0) & (_DC >= 0)])  # (4, window): the windows with the pixel at a corner
 
@@ -54,15 +55,18 @@ def face_normals(
 
     ``rays`` (3, H * W), ``depth`` and ``valid`` (valid depth) are flat images. Planes are fitted to the mask's
     valid pixels (in its crop) of the four square windows that have the pixel at a corner (half-size h from
-    ``reach``, its distance to the mask's outside) and of the window of half-size h / 2 centred on it. The corner
+    ``reach``, its distance to the mask's outside; sampled every ceil(h / ``WINDOW_SAMPLES``) pixels, so every
+    window costs the same) and of the window of half-size h / 2 centred on it. The corner
     window with the smallest mean squared residual is on one face; the centred one (the normal at the pixel
     itself, not beside it: curved surfaces) is taken unless its residual is more than ``CENTRED_RESIDUAL`` times
     that, i.e. unless it straddles an edge. Oriented towards the camera; NaN when no window has 6 points.
     """
     width = grids.width
     half = np.clip(np.floor(reach / math.sqrt(2)), MIN_HALF_WINDOW, MAX_HALF_WINDOW)[:, None]
-    r, c = (flat // width)[:, None] + _DR, (flat % width)[:, None] + _DC
-    keep = (np.abs(_DR) <= half) & (np.abs(_DC) <= half)
+    stride = np.ceil(half / WINDOW_SAMPLES).astype(np.intp)  # the same number of samples in every window
+    dr, dc = _DR * stride, _DC * stride
+    r, c = (flat // width)[:, None] + dr, (flat % width)[:, None] + dc
+    keep = (np.abs(dr) <= half) & (np.abs(dc) <= half)
     keep &= (r >= grids.y0[group][:, None]) & (r < grids.y1[group][:, None])
     keep &= (c >= grids.x0[group][:, None]) & (c < grids.x1[group][:, None])
     window = np.where(keep, r * width + c, flat[:, None])
@@ -72,7 +76,7 @@ def face_normals(
     centre = np.take(rays, flat, axis=1).astype(np.float64) * np.take(depth, flat)
     p = np.take(rays, window, axis=1) * np.take(depth, window)  # (3, K, window)
     p = np.where(keep, p - centre[:, :, None], 0.0).transpose(1, 2, 0)  # (K, window, 3), about the pixel
-    centred = keep & (np.abs(_DR) <= half // 2) & (np.abs(_DC) <= half // 2)
+    centred = keep & (np.abs(dr) <= half // 2) & (np.abs(dc) <= half // 2)
     weights = np.concatenate([keep[:, None, :] & _QUADRANTS, centred[:, None, :]], axis=1).astype(np.float64)
     n = weights.sum(axis=2)
     weights /= np.maximum(n, 1)[:, :, None]
