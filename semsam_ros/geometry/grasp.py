@@ -32,17 +32,29 @@ def interior_pixels(
     its mask's outside in image pixels.
 
     ``rows``, ``cols`` are the canvas positions of the inliers, grouped by grid (``group``, starting at
-    ``starts``). Among the inliers at most one grid step less interior than the best, the one nearest the mask's
-    mean grid pixel wins (a plateau, e.g. a strip's midline, gives its middle, not its end).
+    ``starts``). The distance is that of a twice-coarser grid whose cells are inside when all four of their grid
+    pixels are (padding rows and columns stay outside, so no distance crosses grids): a quarter of the cost of the
+    exact transform, within about one grid step of it. Among the inliers at most two grid steps less interior than
+    the best, the one nearest the mask's mean grid pixel wins (a plateau, e.g. a strip's midline, gives its
+    middle, not its end).
     """
+    mask = grids.mask
+    h, w = mask.shape
+    coarse = np.ones(((h + 1) // 2, (w + 1) // 2), dtype=bool)
+    for dr in (0, 1):
+        for dc in (0, 1):
+            part = mask[dr::2, dc::2]
+            coarse[: part.shape[0], : part.shape[1]] &= part
+            coarse[part.shape[0] :] = False  # odd sizes: the missing row or column is outside
+            coarse[:, part.shape[1] :] = False
     step = grids.steps[group]
-    depth = ndimage.distance_transform_edt(grids.mask)[rows, cols] * step
-    near = depth >= np.maximum.reduceat(depth, starts)[group] - step
-    mask_rows, mask_cols = np.nonzero(grids.mask)
-    mask_group = grids.row_group[mask_rows]
-    n = np.bincount(mask_group, minlength=len(starts))
-    mean_r = np.bincount(mask_group, weights=mask_rows - grids.offsets[mask_group], minlength=len(starts)) / n
-    mean_c = np.bincount(mask_group, weights=mask_cols - 1, minlength=len(starts)) / n
+    depth = (2.0 * ndimage.distance_transform_edt(coarse)[rows // 2, cols // 2] + 0.5) * step
+    near = depth >= np.maximum.reduceat(depth, starts)[group] - 2 * step
+    n = np.bincount(grids.row_group + 1, weights=np.count_nonzero(mask, axis=1), minlength=len(starts) + 1)[1:]
+    row_weights = np.count_nonzero(mask, axis=1) * (np.arange(h) - grids.offsets[np.maximum(grids.row_group, 0)])
+    mean_r = np.bincount(grids.row_group + 1, weights=row_weights, minlength=len(starts) + 1)[1:] / n
+    column_counts = np.add.reduceat(mask, grids.offsets, axis=0, dtype=np.intp)  # grid g: rows offsets[g]...
+    mean_c = column_counts @ np.arange(-1, w - 1) / n  # ... to the next grid's (its padding row is empty)
     d2 = (rows - grids.offsets[group] - mean_r[group]) ** 2 + (cols - 1 - mean_c[group]) ** 2
     return first_per_group(np.where(near, d2, np.inf), group, starts), depth
 
