@@ -10,10 +10,11 @@ from scipy import ndimage
 from semsam_ros.geometry.grids import SampleGrids
 
 MIN_HALF_WINDOW, MAX_HALF_WINDOW = 2, 12  # pixels of the one-sided windows the normal is fitted to
+WINDOW_SAMPLES = 6  # a half window samples at most this many pixels each way (every pixel up to 6, then strided)
 CENTRED_RESIDUAL = 2.0  # the centred window is on one face unless its residual is this many times the best one's
 _RESIDUAL_FLOOR = 1e-10  # m^2: residuals below (10 um)^2 are noise-free, all alike
-_OFFSETS = np.arange(-MAX_HALF_WINDOW, MAX_HALF_WINDOW + 1)
-_DR, _DC = np.repeat(_OFFSETS, _OFFSETS.size), np.tile(_OFFSETS, _OFFSETS.size)  # the largest window, row-major
+_OFFSETS = np.arange(-WINDOW_SAMPLES, WINDOW_SAMPLES + 1)
+_DR, _DC = np.repeat(_OFFSETS, _OFFSETS.size), np.tile(_OFFSETS, _OFFSETS.size)  # window samples, row-major
 _QUADRANTS = np.stack([(_DR <= 0) & (_DC <= 0), (_DR <= 0) & (_DC >= 0), (_DR >= 0) & (_DC <= 0),
                        (_DR >= 0) & (_DC >= 0)])  # (4, window): the windows with the pixel at a corner
 
@@ -31,17 +32,29 @@ def interior_pixels(
     its mask's outside in image pixels.
 
     ``rows``, ``cols`` are the canvas positions of the inliers, grouped by grid (``group``, starting at
-    ``starts``). Among the inliers at most one grid step less interior than the best, the one nearest the mask's
-    mean grid pixel wins (a plateau, e.g. a strip's midline, gives its middle, not its end).
+    ``starts``). The distance is that of a twice-coarser grid whose cells are inside when all four of their grid
+    pixels are (padding rows and columns stay outside, so no distance crosses grids): a quarter of the cost of the
+    exact transform, within about one grid step of it. Among the inliers at most two grid steps less interior than
+    the best, the one nearest the mask's mean grid pixel wins (a plateau, e.g. a strip's midline, gives its
+    middle, not its end).
     """
+    mask = grids.mask
+    h, w = mask.shape
+    coarse = np.ones(((h + 1) // 2, (w + 1) // 2), dtype=bool)
+    for dr in (0, 1):
+        for dc in (0, 1):
+            part = mask[dr::2, dc::2]
+            coarse[: part.shape[0], : part.shape[1]] &= part
+            coarse[part.shape[0] :] = False  # odd sizes: the missing row or column is outside
+            coarse[:, part.shape[1] :] = False
     step = grids.steps[group]
-    depth = ndimage.distance_transform_edt(grids.mask)[rows, cols] * step
-    near = depth >= np.maximum.reduceat(depth, starts)[group] - step
-    mask_rows, mask_cols = np.nonzero(grids.mask)
-    mask_group = grids.row_group[mask_rows]
-    n = np.bincount(mask_group, minlength=len(starts))
-    mean_r = np.bincount(mask_group, weights=mask_rows - grids.offsets[mask_group], minlength=len(starts)) / n
-    mean_c = np.bincount(mask_group, weights=mask_cols - 1, minlength=len(starts)) / n
+    depth = (2.0 * ndimage.distance_transform_edt(coarse)[rows // 2, cols // 2] + 0.5) * step
+    near = depth >= np.maximum.reduceat(depth, starts)[group] - 2 * step
+    n = np.bincount(grids.row_group + 1, weights=np.count_nonzero(mask, axis=1), minlength=len(starts) + 1)[1:]
+    row_weights = np.count_nonzero(mask, axis=1) * (np.arange(h) - grids.offsets[np.maximum(grids.row_group, 0)])
+    mean_r = np.bincount(grids.row_group + 1, weights=row_weights, minlength=len(starts) + 1)[1:] / n
+    column_counts = np.add.reduceat(mask, grids.offsets, axis=0, dtype=np.intp)  # grid g: rows offsets[g]...
+    mean_c = column_counts @ np.arange(-1, w - 1) / n  # ... to the next grid's (its padding row is empty)
     d2 = (rows - grids.offsets[group] - mean_r[group]) ** 2 + (cols - 1 - mean_c[group]) ** 2
     return first_per_group(np.where(near, d2, np.inf), group, starts), depth
 
@@ -54,15 +67,18 @@ def face_normals(
 
     ``rays`` (3, H * W), ``depth`` and ``valid`` (valid depth) are flat images. Planes are fitted to the mask's
     valid pixels (in its crop) of the four square windows that have the pixel at a corner (half-size h from
-    ``reach``, its distance to the mask's outside) and of the window of half-size h / 2 centred on it. The corner
+    ``reach``, its distance to the mask's outside; sampled every ceil(h / ``WINDOW_SAMPLES``) pixels, so every
+    window costs the same) and of the window of half-size h / 2 centred on it. The corner
     window with the smallest mean squared residual is on one face; the centred one (the normal at the pixel
     itself, not beside it: curved surfaces) is taken unless its residual is more than ``CENTRED_RESIDUAL`` times
     that, i.e. unless it straddles an edge. Oriented towards the camera; NaN when no window has 6 points.
     """
     width = grids.width
     half = np.clip(np.floor(reach / math.sqrt(2)), MIN_HALF_WINDOW, MAX_HALF_WINDOW)[:, None]
-    r, c = (flat // width)[:, None] + _DR, (flat % width)[:, None] + _DC
-    keep = (np.abs(_DR) <= half) & (np.abs(_DC) <= half)
+    stride = np.ceil(half / WINDOW_SAMPLES).astype(np.intp)  # the same number of samples in every window
+    dr, dc = _DR * stride, _DC * stride
+    r, c = (flat // width)[:, None] + dr, (flat % width)[:, None] + dc
+    keep = (np.abs(dr) <= half) & (np.abs(dc) <= half)
     keep &= (r >= grids.y0[group][:, None]) & (r < grids.y1[group][:, None])
     keep &= (c >= grids.x0[group][:, None]) & (c < grids.x1[group][:, None])
     window = np.where(keep, r * width + c, flat[:, None])
@@ -72,7 +88,7 @@ def face_normals(
     centre = np.take(rays, flat, axis=1).astype(np.float64) * np.take(depth, flat)
     p = np.take(rays, window, axis=1) * np.take(depth, window)  # (3, K, window)
     p = np.where(keep, p - centre[:, :, None], 0.0).transpose(1, 2, 0)  # (K, window, 3), about the pixel
-    centred = keep & (np.abs(_DR) <= half // 2) & (np.abs(_DC) <= half // 2)
+    centred = keep & (np.abs(dr) <= half // 2) & (np.abs(dc) <= half // 2)
     weights = np.concatenate([keep[:, None, :] & _QUADRANTS, centred[:, None, :]], axis=1).astype(np.float64)
     n = weights.sum(axis=2)
     weights /= np.maximum(n, 1)[:, :, None]

@@ -302,8 +302,18 @@ def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
 
 
 def _quaternions(r: np.ndarray) -> np.ndarray:
-    """(G, 4) quaternions (x, y, z, w), w >= 0, of (G, 3, 3) rotations."""
-    q = Rotation.from_matrix(r).as_quat()
+    """(G, 4) quaternions (x, y, z, w), w >= 0, of (G, 3, 3) rotations (closed form, vectorised; per matrix the
+    numerically best of the four branches, the largest of 1 + trace and 1 + 2 r_ii - trace)."""
+    m = r.reshape(-1, 9)
+    trace = m[:, 0] + m[:, 4] + m[:, 8]
+    big = np.column_stack([1 + 2 * m[:, 0] - trace, 1 + 2 * m[:, 4] - trace, 1 + 2 * m[:, 8] - trace, 1 + trace])
+    pick = big.argmax(axis=1)
+    a, b, c = m[:, 7] - m[:, 5], m[:, 2] - m[:, 6], m[:, 3] - m[:, 1]  # branch i holds 4 q_i q (w: 1 + trace)
+    s01, s02, s12 = m[:, 1] + m[:, 3], m[:, 2] + m[:, 6], m[:, 5] + m[:, 7]  # 4 x y, 4 x z, 4 y z
+    branches = np.stack([np.column_stack([big[:, 0], s01, s02, a]), np.column_stack([s01, big[:, 1], s12, b]),
+                         np.column_stack([s02, s12, big[:, 2], c]), np.column_stack([a, b, c, big[:, 3]])])
+    q = branches[pick, np.arange(m.shape[0])]
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
     return np.where(q[:, 3:] < 0, -q, q)
 
 
