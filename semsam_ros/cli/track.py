@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from semsam_ros.cli.args import UserError, add_model_arguments, load_predictor, parse_box, parse_levels, parse_point
+from semsam_ros.cli.args import UserError, add_model_arguments, add_prompt_arguments, load_predictor, parse_levels
 from semsam_ros.cli.image import check_out_dir, make_out_dir
 from semsam_ros.limits import InputRejected, check_long_side, check_pixels
 from semsam_ros.types import DEFAULT_MAX_IMAGE_PIXELS, TRACK_STATE_NAMES
@@ -24,10 +24,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="folder of images (name order) or an animated GIF/PNG/WebP or multi-page TIFF")
-    parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y",
-                        help="start a track at this pixel of the first frame; repeat for more")
-    parser.add_argument("--box", type=parse_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
-                        help="start a track from this box of the first frame; repeat for more")
+    add_prompt_arguments(parser, "start a track at this pixel of the first frame; repeat for more",
+                         "start a track from this box of the first frame; repeat for more")
     parser.add_argument("--prompts", type=Path, metavar="YAML",
                         help="a list of prompts as in `semsam bag --prompts` (points, boxes, levels, id)")
     parser.add_argument("--levels", type=parse_levels,
