@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semsam_ros.geometry import CameraModel
 from semsam_ros.tracking import MotionEstimator, Tracker
 from semsam_ros.types import TRACK_LOST, TRACK_TRACKING
-from tracking_scenes import PART, Oracle, Painter, disc, iou, rect, texture
+from tracking_scenes import PART, Oracle, Painter, camera_sequence, disc, iou, rect, texture
 
 H, W = 120, 160
 FPS = 10.0
@@ -106,30 +105,6 @@ def test_two_identical_objects_crossing_never_swap_ids():
             if tid in masks:
                 assert iou(masks[tid], mine) > iou(masks[tid], other), f"frame {f}: track {tid} took the other"
     assert set(got[-1]) == {a, b} and sum(a in g for g in got) == len(frames)
-
-
-FX, Z_OBJECT, Z_WALL, RADIUS_M = 300.0, 1.0, 20.0, 0.08
-
-
-def camera_sequence():
-    """A camera translating along x in front of a disc at 1 m and a textured wall at 20 m; at frame 10 it jumps
-    by 1/3 m: the disc jumps 100 px in the image, the wall 5 px. Returns frames, poses, truth and the camera."""
-    big, h, w = texture(400, 400, seed=3), 240, 320
-    camera = CameraModel([[FX, 0, w / 2], [0, FX, h / 2], [0, 0, 1]], w, h)
-    ys, xs = np.mgrid[:h, :w]
-    frames, poses, truth = [], [], []
-    for f in range(20):
-        cam_x = -0.3 + 0.01 * f + (1 / 3 if f >= 10 else 0.0)
-        on_disc = ((xs - w / 2) / FX * Z_OBJECT + cam_x) ** 2 + ((ys - h / 2) / FX * Z_OBJECT) ** 2 <= RADIUS_M ** 2
-        wall = big[((ys - h / 2) / FX * Z_WALL / 0.1).astype(int) % 400,
-                   (((xs - w / 2) / FX * Z_WALL + cam_x) / 0.1).astype(int) % 400]
-        paint = Painter(wall).paint(1, on_disc, (220, 60, 60))
-        frames.append(paint.frame(np.where(on_disc, Z_OBJECT, Z_WALL).astype(np.float32)))
-        pose = np.eye(4)
-        pose[0, 3] = cam_x
-        poses.append(pose)
-        truth.append(on_disc)
-    return frames, poses, truth, camera
 
 
 def test_anchor_reprojection_keeps_a_track_through_a_100_px_camera_jump_that_2d_loses():

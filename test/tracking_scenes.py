@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from semsam_ros.geometry import CameraModel
+
 OBJECT, PART = 0, 1  # the two label images: levels 1-3 see objects, levels 4-6 parts (an object without parts)
 
 
@@ -103,3 +105,27 @@ class Oracle:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 0.0
+
+
+FX, Z_OBJECT, Z_WALL, RADIUS_M = 300.0, 1.0, 20.0, 0.08
+
+
+def camera_sequence():
+    """A camera translating along x in front of a disc at 1 m and a textured wall at 20 m; at frame 10 it jumps
+    by 1/3 m: the disc jumps 100 px in the image, the wall 5 px. Returns frames, poses, truth and the camera."""
+    big, h, w = texture(400, 400, seed=3), 240, 320
+    camera = CameraModel([[FX, 0, w / 2], [0, FX, h / 2], [0, 0, 1]], w, h)
+    ys, xs = np.mgrid[:h, :w]
+    frames, poses, truth = [], [], []
+    for f in range(20):
+        cam_x = -0.3 + 0.01 * f + (1 / 3 if f >= 10 else 0.0)
+        on_disc = ((xs - w / 2) / FX * Z_OBJECT + cam_x) ** 2 + ((ys - h / 2) / FX * Z_OBJECT) ** 2 <= RADIUS_M ** 2
+        wall = big[((ys - h / 2) / FX * Z_WALL / 0.1).astype(int) % 400,
+                   (((xs - w / 2) / FX * Z_WALL + cam_x) / 0.1).astype(int) % 400]
+        paint = Painter(wall).paint(1, on_disc, (220, 60, 60))
+        frames.append(paint.frame(np.where(on_disc, Z_OBJECT, Z_WALL).astype(np.float32)))
+        pose = np.eye(4)
+        pose[0, 3] = cam_x
+        poses.append(pose)
+        truth.append(on_disc)
+    return frames, poses, truth, camera

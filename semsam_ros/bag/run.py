@@ -18,8 +18,11 @@ from semsam_ros.ros.convert import PromptRequest, prompt_from_msg, stamp_to_ns
 from semsam_ros.ros.frame_processor import Frame, FrameProcessor, Output
 from semsam_ros.ros.scheduler import start_tracks, update_sticky
 from semsam_ros.ros.outputs import OUTPUT_TYPES, build_outputs
+from semsam_ros.tracking.tf import TransformBuffer
 
 RENDER_QUEUE = 2  # frames whose outputs may be rendering in the background at once
+TF_TOPICS = {"/tf": False, "/tf_static": True}  # topic -> whether its transforms are static
+TF_TYPE = "tf2_msgs/msg/TFMessage"
 WAIT_FRAMES = 4  # queued frames per camera after which a frame is segmented without waiting for the other cameras
 
 
@@ -81,6 +84,7 @@ class BagRun:
         self.bar: Any = None
         self.check_interrupt: Callable[[], None] = lambda: None
         self.tracks_started = False  # --track: whether a frame's prompts started the tracks
+        self.tf: TransformBuffer | None = None  # --track with track_frame and depth: the bag's /tf and /tf_static
 
     def run(self, writer: Any, check_interrupt: Callable[[], None]) -> None:
         from tqdm import tqdm
@@ -90,6 +94,9 @@ class BagRun:
             camera.outputs = {kind: writer.add_connection(topic, msgtype, typestore=self.typestore)
                               for kind, (topic, msgtype) in camera.names.items()}
         copies = self._add_copies(writer)
+        if self.processor.tracker is not None and self.processor.params.track_frame and any(
+                c.depth_topic is not None for c in self.cameras.values()):  # tracks anchored in 3D
+            self.tf = self._read_tf()
         indexed = [c for c in self.cameras.values() if c.indexed]
         total = (self._index(indexed) if indexed else 0) + self._estimate([c for c in self.cameras.values()
                                                                            if not c.indexed])
@@ -276,6 +283,23 @@ class BagRun:
                 writer.write(connection, time_ns, raw)
             self.summary.segmented += 1
 
+    def _read_tf(self) -> TransformBuffer | None:
+        """Every transform of the bag's /tf and /tf_static (the whole bag: a frame's pose is interpolated between
+        the transforms around it); None, logged, when the bag has none."""
+        connections = [c for c in self.reader.connections if c.topic in TF_TOPICS and c.msgtype == TF_TYPE]
+        if not connections:
+            self.log(f"--track with track_frame {self.processor.params.track_frame!r}: the bag has no /tf or "
+                     "/tf_static; tracks follow the image motion only")
+            return None
+        buffer = TransformBuffer()
+        for conn, _, raw in read_messages(self.reader, self.src, connections):
+            self.check_interrupt()
+            try:
+                buffer.add_message(self.typestore.deserialize_cdr(raw, TF_TYPE), static=TF_TOPICS[conn.topic])
+            except Exception as exc:  # noqa: BLE001  (a corrupt transform is skipped and counted)
+                self.errors.report(f"track/tf/{type(exc).__name__}", f"{conn.topic}: transform skipped: {exc}")
+        return buffer
+
     def _take(self, topic: str | None, ordinal: int | None) -> Any | None:
         """The deserialised companion message ``ordinal`` of ``topic`` (dropped once no frame needs it)."""
         if topic is None or ordinal is None:
@@ -316,6 +340,12 @@ class BagRun:
                 except ValueError as exc:
                     self.errors.report("track/start", f"{item.camera.topic}: {exc}")
             prompts = []
+            if self.tf is not None and frame.depth is not None and tracker.tracks:
+                target, source = self.processor.params.track_frame, frame.header.frame_id
+                frame.pose = self.tf.lookup(target, source, frame.stamp_ns)
+                if frame.pose is None:
+                    self.errors.report("track/tf", f"{item.camera.topic}: no transform {target} <- {source} at "
+                                                   f"{frame.stamp_ns} ns in the bag's /tf; image motion only")
         try:
             return self.processor.process(frame, prompts, self.options.auto, track=tracker is not None)
         except Exception:  # noqa: BLE001  (counted and logged by the processor; the frame is skipped)

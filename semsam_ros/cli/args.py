@@ -79,6 +79,13 @@ def padded_size(size: tuple[int, int], divisibility: int) -> tuple[int, int]:
     return (-(-size[0] // divisibility) * divisibility, -(-size[1] // divisibility) * divisibility)
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser, point_help: str, box_help: str) -> None:
+    """--point X,Y and --box X0,Y0,X1,Y1, each repeatable (lists, empty by default)."""
+    parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y", help=point_help)
+    parser.add_argument("--box", type=parse_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
+                        help=box_help)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --config, --device, --input-size, --max-long-side, --backend, --precision (read by
     :func:`model_options`)."""

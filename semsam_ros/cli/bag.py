@@ -49,7 +49,8 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto", action="store_true", help="also segment everything on every processed frame")
     parser.add_argument("--track", action="store_true",
                         help="the prompts of the first prompted frame start tracks followed through the bag "
-                             "(Segment.track_id; one image topic; image motion only, /tf is not read)")
+                             "(Segment.track_id; one image topic); with --depth-topic and --set track_frame=odom "
+                             "the bag's /tf compensates camera motion")
     parser.add_argument("--levels", type=parse_levels,
                         help="levels of --auto (default 1,3,6) and of YAML prompts naming none (default all)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default: 1)")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from semsam_ros.cli.args import UserError, add_model_arguments, load_predictor, parse_box, parse_levels, parse_point
+from semsam_ros.cli.args import UserError, add_model_arguments, add_prompt_arguments, load_predictor, parse_levels
 from semsam_ros.cli.semantics import (
     add_semantics_arguments, annotate_segments, check_semantics, load_labeller, match_record, semantic_fields,
     text_caption,
@@ -89,10 +89,8 @@ def _finite(value: float) -> float | None:
 
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file (any format PIL reads)")
-    parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y",
-                        help="a click in pixels; repeat for more prompts")
-    parser.add_argument("--box", type=parse_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
-                        help="a box in pixels; repeat for more prompts")
+    add_prompt_arguments(parser, "a click in pixels; repeat for more prompts",
+                         "a box in pixels; repeat for more prompts")
     _model_arguments(parser)
     parser.add_argument("--iou-threshold", type=float, default=0.5,
                         help="drop masks whose IoU score (rounded to 2 decimals) is below (default: 0.5)")

@@ -1,4 +1,4 @@
-"""The ``semsam`` command: segment, auto, info, convert, download, bag, bag-info, build-engine, export-onnx
+"""The ``semsam`` command: segment, auto, info, convert, download, bag, bag-info, track, build-engine, export-onnx
 (docs/cli.md).
 
 A subcommand is a ``Subcommand(help, add_arguments, run)`` entry of :func:`subcommands`. ``run`` returns the exit
@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def subcommands() -> dict[str, Subcommand]:
     """Every subcommand by name (the command modules are imported here, when the parser is built)."""
-    from semsam_ros.cli import bag, engine, image, model, onnx
+    from semsam_ros.cli import bag, engine, image, model, onnx, track
 
     return {
         "segment": Subcommand("segment an image at point/box prompts, every chosen level",
@@ -50,6 +50,7 @@ def subcommands() -> dict[str, Subcommand]:
                           bag.add_bag_arguments, bag.run_bag),
         "bag-info": Subcommand("topics, types, counts and image rates of a rosbag2", bag.add_info_arguments,
                                bag.run_info),
+        "track": Subcommand(track.HELP, track.add_arguments, track.run),
         "build-engine": Subcommand(engine.HELP, engine.add_arguments, engine.run),
         "export-onnx": Subcommand(onnx.HELP, onnx.add_arguments, onnx.run),
     }

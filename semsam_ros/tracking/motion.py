@@ -18,25 +18,34 @@ class MotionEstimator:
 
     def __init__(self, side: int = MOTION_SIDE) -> None:
         self.side = side
-        self._previous: np.ndarray | None = None
         self._spectrum: np.ndarray | None = None
+        self._window = np.zeros((0, 0), np.float32)
 
     def reset(self) -> None:
-        self._previous = self._spectrum = None
+        self._spectrum = None
 
     def update(self, rgb: np.ndarray) -> tuple[float, float]:
         """(dx, dy) in pixels by which the content of ``rgb`` moved since the previous frame given; (0, 0) for the
         first frame, after a size change, or when the correlation has no clear peak."""
         step = max(1, -(-max(rgb.shape[:2]) // self.side))
-        grey = rgb[::step, ::step].astype(np.float32).mean(axis=2) if rgb.ndim == 3 else rgb[::step, ::step]
-        grey = grey - grey.mean()
-        window = np.outer(np.hanning(grey.shape[0]), np.hanning(grey.shape[1])).astype(np.float32)
-        spectrum = np.fft.rfft2(grey * window)
-        previous, self._spectrum, self._previous = self._spectrum, spectrum, grey
+        small = rgb[::step, ::step]
+        if small.ndim == 3:  # the channels' sum, one channel at a time (a strided astype of all three is slow)
+            grey = small[..., 0].astype(np.float32)
+            for channel in range(1, small.shape[2]):
+                grey += small[..., channel]
+        else:
+            grey = small.astype(np.float32)
+        grey -= grey.mean()
+        if self._window.shape != grey.shape:
+            self._window = np.outer(np.hanning(grey.shape[0]), np.hanning(grey.shape[1])).astype(np.float32)
+        grey *= self._window
+        spectrum = np.fft.rfft2(grey)
+        previous, self._spectrum = self._spectrum, spectrum
         if previous is None or previous.shape != spectrum.shape:
             return 0.0, 0.0
         cross = spectrum * np.conj(previous)
-        surface = np.fft.irfft2(cross / np.maximum(np.abs(cross), 1e-9), s=grey.shape)
+        cross /= np.maximum(np.abs(cross), 1e-9)
+        surface = np.fft.irfft2(cross, s=grey.shape)
         row, col = np.unravel_index(int(np.argmax(surface)), surface.shape)
         if surface[row, col] < MIN_PEAK:
             return 0.0, 0.0

@@ -74,11 +74,12 @@ class Track:
 
     def overlap(self, seg: Segment) -> float:
         """IoU of ``seg`` with the last mask moved by ``shift`` (rounded to whole pixels), computed on crops."""
-        dx, dy = (int(round(v)) for v in self.shift)
+        dx, dy = round(float(self.shift[0])), round(float(self.shift[1]))
         x0, y0, x1, y1 = self.box
-        px0, py0, px1, py1 = x0 + dx, y0 + dy, x1 + dx, y1 + dy
+        px0, py0 = x0 + dx, y0 + dy
         sx0, sy0, sx1, sy1 = seg.bbox
-        ix0, iy0, ix1, iy1 = max(px0, sx0), max(py0, sy0), min(px1, sx1), min(py1, sy1)
+        ix0, iy0 = max(px0, sx0), max(py0, sy0)
+        ix1, iy1 = min(x1 + dx, sx1), min(y1 + dy, sy1)
         inter = 0
         if ix1 > ix0 and iy1 > iy0:
             mine = self.mask[iy0 - py0: iy1 - py0, ix0 - px0: ix1 - px0]

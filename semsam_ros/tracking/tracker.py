@@ -3,9 +3,9 @@ where it should now be (``prompts``), all of them are decoded together, and each
 one track (``update``). ROS-free; ``step`` does the three with a ``Predictor`` for the Python API."""
 from __future__ import annotations
 
+import copy
 import threading
 import time
-from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -147,8 +147,10 @@ class Tracker:
                 whole = track.see(seg, (x0 + px, y0 + py), stamp_s)
                 if whole and depth_m is not None and camera is not None and pose is not None:
                     track.anchor = anchor_from_depth(track.point, depth_m, camera, np.asarray(pose, dtype=np.float64))
-                out.append(replace(seg, track_id=track.id, track_state=TRACK_TRACKING,
-                                   prompt_id=track.origin.prompt_id))
+                taken_seg = copy.copy(seg)  # a shallow copy (dataclasses.replace re-runs __init__, twice as slow)
+                taken_seg.track_id, taken_seg.track_state = track.id, TRACK_TRACKING
+                taken_seg.prompt_id = track.origin.prompt_id
+                out.append(taken_seg)
             self._asked = set()
             return out
 
@@ -178,7 +180,7 @@ class Tracker:
                 if seg.level in track.levels:
                     iou = track.overlap(seg)
                     if iou >= self.min_iou:
-                        gain[r, c] = iou + SCORE_WEIGHT * np.clip(seg.iou_score, 0, 1) + SAME_LEVEL_BONUS * (
+                        gain[r, c] = iou + SCORE_WEIGHT * min(max(seg.iou_score, 0.0), 1.0) + SAME_LEVEL_BONUS * (
                             seg.level == track.level)
         taken: dict[int, Segment] = {}
         used: set[int] = set()
