@@ -1,4 +1,4 @@
-"""The ``semsam`` command: segment, auto, info, convert, download, bag, bag-info, build-engine (docs/cli.md).
+"""The ``semsam`` command: segment, auto, info, convert, download, bag, bag-info, build-engine, fleet (docs/cli.md).
 
 A subcommand is a ``Subcommand(help, add_arguments, run)`` entry of :func:`subcommands`. ``run`` returns the exit
 status and raises ``UserError`` (or the bag library's ``BagError``) for a user mistake, which :func:`main` prints
@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def subcommands() -> dict[str, Subcommand]:
     """Every subcommand by name (the command modules are imported here, when the parser is built)."""
-    from semsam_ros.cli import bag, engine, image, model
+    from semsam_ros.cli import bag, engine, fleet, image, model
 
     return {
         "segment": Subcommand("segment an image at point/box prompts, every chosen level",
@@ -50,6 +50,7 @@ def subcommands() -> dict[str, Subcommand]:
         "bag-info": Subcommand("topics, types, counts and image rates of a rosbag2", bag.add_info_arguments,
                                bag.run_info),
         "build-engine": Subcommand(engine.HELP, engine.add_arguments, engine.run),
+        "fleet": Subcommand(fleet.HELP, fleet.add_arguments, fleet.run),
     }
 
 
