@@ -30,10 +30,16 @@ PROMPTS = f"{CAM}:\n  - points: [[30, 22]]\n    levels: [1, 3]\n"
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Any:
-    """One local Ray instance with 2 CPUs for the module (the fleet runs join it, as a user's script would)."""
+    """One local Ray instance with 2 CPUs for the module (the fleet runs join it, as a user's script would); its
+    workers import this checkout, as those of the instance ``semsam fleet`` starts do."""
+    from semsam_ros.fleet.runner import _import_path_for_workers
+
+    path = os.environ.get("PYTHONPATH")
+    _import_path_for_workers()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
+    os.environ.pop("PYTHONPATH") if path is None else os.environ.update(PYTHONPATH=path)
 
 
 def chatter(k: int) -> tuple[str, str, int, Any]:
@@ -101,31 +107,73 @@ def assert_same_bag(got: Path, want: Path) -> None:
     assert messages(got) == messages(want)
 
 
-def test_four_bags_and_a_corrupt_one_equal_semsam_bag_with_parquet_and_manifest(bags, prompts, tiny_checkpoint,
-                                                                                tmp_path, capsys):
+def test_long_bag_in_slices_equals_the_unsplit_run(prompts, tiny_checkpoint, tmp_path, capsys):
+    """14 frames in 1.4 s, every 2nd from 0.15 s on, in slices of 0.3 s over 2 workers: the unsplit run's bag."""
+    kinds = ["rgb8", "bgr8"]
+    messages_ = [chatter(k) for k in range(14)] + [
+        (CAM, IMAGE, T0 + k * SEC // 10 + 5, encoded(k % 5, kinds[k % 2])) for k in range(14)]
+    src = write_bag(tmp_path / "long", "mcap", messages_)
+    argv = options(prompts, tiny_checkpoint, "--every", 2, "--start", 0.15)
+    out = tmp_path / "fleet"
+    assert semsam("fleet", src, "--out", out, "--slice-seconds", 0.3, "--workers", 2, *argv) == 0, capsys.readouterr()
+    entry = json.loads((out / "fleet.json").read_text())["bags"]["long"]
+    assert len(entry["units"]) >= 3 and {u["worker"] for u in entry["units"]} == {0, 1}
+    assert entry["segmented"] == 6
+    assert_same_bag(out / "bags" / "long", reference(src, tmp_path / "ref", argv))
+    assert not (out / ".work" / "long").exists()
+
+
+def test_interrupted_run_resumes_four_bags_equal_semsam_bag_a_corrupt_one_fails_parquet_rows(
+        bags, prompts, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """Four bags and a corrupt one (inputs: a list file, a glob, a folder): a run interrupted after its first bag,
+    then resumed; every good bag equal to `semsam bag`'s, the corrupt one retried and failed, the Parquet rows."""
+    from semsam_ros.fleet import runner
+
     argv = options(prompts, tiny_checkpoint)
     corrupt = write_bag(tmp_path / "broken", "sqlite3", [(CAM, IMAGE, T0 + k, encoded(0, "rgb8")) for k in range(3)])
     (data,) = corrupt.glob("*.db3")
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     listing = tmp_path / "bags.txt"
     listing.write_text(f"# two of them\n{bags[0]}\n{bags[1]}\n")
+    inputs = (listing, str(bags[0].parent / "rec[23]"), corrupt)
     out = tmp_path / "fleet"
-    status = semsam("fleet", listing, str(bags[0].parent / "rec[23]"), corrupt, "--out", out, "--workers", 2,
-                    "--retries", 1, *argv)
+    save = runner._Manifest.save
+    interrupted = []
+
+    def interrupt_after_the_first_bag(self: Any) -> None:
+        save(self)
+        if not interrupted and any(e["status"] == "done" for e in self.data["bags"].values()):
+            interrupted.append(True)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner._Manifest, "save", interrupt_after_the_first_bag)
+    assert semsam("fleet", *inputs, "--out", out, "--workers", 1, *argv) == 130
+    monkeypatch.undo()
+    manifest = json.loads((out / "fleet.json").read_text())
+    assert manifest["runs"][0]["interrupted"] and manifest["bags"]["rec0"]["status"] == "done"
+    assert {e["status"] for name, e in manifest["bags"].items() if name != "rec0"} == {"interrupted"}
+    refs = {b.name: reference(b, tmp_path / f"ref-{b.name}", argv) for b in bags}
+    first = out / "bags" / "rec0"
+    assert_same_bag(first, refs["rec0"])  # a finished output is valid
+    stamp = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+
+    capsys.readouterr()
+    status = semsam("fleet", *inputs, "--out", out, "--workers", 2, "--retries", 1, *argv)
     stdout, err = capsys.readouterr()
     assert status == 1, err
     assert "4 of 5 bag(s) done" in stdout and "failed: broken" in err and "cannot read bag" in err
-
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == stamp  # skipped, not redone
     manifest = json.loads((out / "fleet.json").read_text())
     assert manifest["weights"]["sha256"] and manifest["versions"]["ray"] == ray.__version__
     assert manifest["options"]["prompts"] == str(prompts) and manifest["inputs"][0] == str(bags[0])
+    assert len(manifest["runs"]) == 2 and manifest["runs"][1]["frames"] == 9
     broken = manifest["bags"]["broken"]
-    assert broken["status"] == "failed" and "cannot read bag" in broken["error"]
+    assert broken["status"] == "failed" and "cannot read bag" in broken["error"] and broken["attempts"] == 2
     assert not (out / "bags" / "broken").exists()
     for bag in bags:
         entry = manifest["bags"][bag.name]
         assert entry["status"] == "done" and entry["frames"] == entry["segmented"] == 3
-        assert_same_bag(out / "bags" / bag.name, reference(bag, tmp_path / f"ref-{bag.name}", argv))
+        assert_same_bag(out / "bags" / bag.name, refs[bag.name])
 
     table = pq.read_table(out / "segments")  # the dataset: one file per bag
     assert table.num_rows == sum(manifest["bags"][b.name]["rows"] for b in bags) > 0
@@ -148,65 +196,7 @@ def test_four_bags_and_a_corrupt_one_equal_semsam_bag_with_parquet_and_manifest(
             mask = rle_to_mask({"size": row["mask_size"], "counts": row["mask_counts"]})
             assert np.array_equal(mask, seg.mask)
 
-    status = semsam("fleet", *bags, corrupt, "--out", out, "--retries", 0, *argv)  # a re-run: only the failed one
-    stdout, err = capsys.readouterr()
-    assert status == 1 and "4 of 5 bag(s) done" in stdout and "failed: broken" in err
-    runs = json.loads((out / "fleet.json").read_text())["runs"]
-    assert len(runs) == 2 and runs[1]["frames"] == 0
-
-
-def test_long_bag_in_slices_equals_the_unsplit_run(prompts, tiny_checkpoint, tmp_path, capsys):
-    """14 frames in 1.4 s, every 2nd from 0.15 s on, in slices of 0.3 s over 2 workers: the unsplit run's bag."""
-    kinds = ["rgb8", "bgr8"]
-    messages_ = [chatter(k) for k in range(14)] + [
-        (CAM, IMAGE, T0 + k * SEC // 10 + 5, encoded(k % 5, kinds[k % 2])) for k in range(14)]
-    src = write_bag(tmp_path / "long", "mcap", messages_)
-    argv = options(prompts, tiny_checkpoint, "--every", 2, "--start", 0.15)
-    out = tmp_path / "fleet"
-    assert semsam("fleet", src, "--out", out, "--slice-seconds", 0.3, "--workers", 2, *argv) == 0, capsys.readouterr()
-    entry = json.loads((out / "fleet.json").read_text())["bags"]["long"]
-    assert len(entry["units"]) >= 3 and {u["worker"] for u in entry["units"]} == {0, 1}
-    assert entry["segmented"] == 6
-    assert_same_bag(out / "bags" / "long", reference(src, tmp_path / "ref", argv))
-    assert not (out / ".work" / "long").exists()
-
-
-def test_interrupted_run_resumes_and_keeps_finished_outputs(bags, prompts, tiny_checkpoint, tmp_path, capsys,
-                                                            monkeypatch):
-    from semsam_ros.fleet import runner
-
-    argv = options(prompts, tiny_checkpoint)
-    out = tmp_path / "fleet"
-    save = runner._Manifest.save
-    interrupted = []
-
-    def interrupt_after_the_first_bag(self: Any) -> None:
-        save(self)
-        if not interrupted and any(e["status"] == "done" for e in self.data["bags"].values()):
-            interrupted.append(True)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner._Manifest, "save", interrupt_after_the_first_bag)
-    assert semsam("fleet", *bags[:3], "--out", out, "--workers", 1, *argv) == 130
-    monkeypatch.undo()
-    manifest = json.loads((out / "fleet.json").read_text())
-    done = [name for name, e in manifest["bags"].items() if e["status"] == "done"]
-    assert len(done) == 1 and manifest["runs"][0]["interrupted"]
-    assert {e["status"] for name, e in manifest["bags"].items() if name not in done} == {"interrupted"}
-    first = out / "bags" / done[0]
-    refs = {b.name: reference(b, tmp_path / f"ref-{b.name}", argv) for b in bags[:3]}
-    assert_same_bag(first, refs[done[0]])  # a finished output is valid
-    stamp = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
-
-    capsys.readouterr()
-    assert semsam("fleet", *bags[:3], "--out", out, "--workers", 1, *argv) == 0
-    assert "3 of 3 bag(s) done" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == stamp  # skipped, not redone
-    for bag in bags[:3]:
-        assert_same_bag(out / "bags" / bag.name, refs[bag.name])
-    assert pq.read_table(out / "segments").num_rows == sum(
-        len(m.segments) for b in bags[:3] for _, m, _ in read_bag(out / "bags" / b.name)[SEGMENTS])
-    assert semsam("fleet", *bags[:3], "--out", out, *argv, "--set", "score_threshold=0.5") == 1
+    assert semsam("fleet", *inputs, "--out", out, *argv, "--set", "score_threshold=0.5") == 1
     assert "holds a fleet run with other options" in capsys.readouterr().err
 
 

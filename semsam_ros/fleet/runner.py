@@ -28,6 +28,8 @@ from semsam_ros.text import one_line
 
 MANIFEST_FORMAT = 1
 PROGRESS_PERIOD_S = 0.25  # how often a worker reports its frames to the driver
+_POOL: dict[tuple, tuple[Any, list[Any]]] = {}  # workers kept between the runs of a process on a Ray instance that
+# it did not start (a script, a notebook, the tests), by Ray job, model and resources
 
 
 class FleetError(Exception):
@@ -62,7 +64,7 @@ class _Progress:
         return frames
 
 
-@ray.remote(max_restarts=1)
+@ray.remote
 class _Worker:
     """One worker: loads the model once, then processes units and finishes bags."""
 
@@ -193,21 +195,30 @@ def run_fleet(bags: list[Path], out: Path, options: BagOptions, model: ModelOpti
 
     started = not ray.is_initialized()
     if started:
+        if config.address is None:  # the local instance's workers import this very package
+            _import_path_for_workers()
         ray.init(address=config.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     began, cpu_began = time.perf_counter(), time.process_time()
     bar = tqdm(total=total, unit="frame", desc="semsam fleet", disable=not config.progress, dynamic_ncols=True)
     actors: list[Any] = []
+    spare: list[Any] = []
+    kept = False
+    key = (ray.get_runtime_context().get_job_id(), repr(model), config.cpus_per_worker, config.gpus_per_worker)
     try:
-        progress = _Progress.remote()
+        progress, actors = _POOL.pop(key, (None, []))
+        progress = progress or _Progress.remote()
         new_worker = _worker_factory(model, config, progress)
         count = _worker_count(config, model, sum(1 for kind, _, _ in queue if kind == "process") or 1)
-        actors = [new_worker() for _ in range(count)]
+        actors += [new_worker() for _ in range(count - len(actors))]
+        actors, spare = actors[:count], actors[count:]
         try:
             ray.get([actor.ready.remote() for actor in actors])
         except Exception as exc:  # noqa: BLE001  (the model cannot load: nothing can run)
             raise FleetError(f"the workers cannot load the model: {_error(exc)}") from None
         run["workers"] = count
         _drive(queue, actors, new_worker, progress, bar, layout, entries, options, config, manifest, run)
+        if not started:  # the caller's Ray instance: the workers wait, model loaded, for its next run
+            _POOL[key], kept = (progress, actors + spare), True
     except KeyboardInterrupt:
         run["interrupted"] = True
         for entry in entries.values():
@@ -216,8 +227,11 @@ def run_fleet(bags: list[Path], out: Path, options: BagOptions, model: ModelOpti
         raise
     finally:
         bar.close()
-        for actor in actors:
-            ray.kill(actor)
+        if not kept:  # busy ones may be mid-unit; idle spare ones wait for the next run (not after Ray is shut down)
+            if spare and not started:
+                _POOL[key] = (progress, spare)
+            for actor in actors + (spare if started else []):
+                ray.kill(actor)
         run["seconds"] = round(time.perf_counter() - began, 3)
         run["driver_cpu_s"] = round(time.process_time() - cpu_began, 3)
         run["frames_per_s"] = round(run["frames"] / run["seconds"], 3) if run["seconds"] else 0.0
@@ -232,13 +246,17 @@ def _worker_factory(model: ModelOptions, config: FleetConfig, progress: Any) -> 
     gpus = config.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) and model.device != "cpu" else 0.0
-    extra: dict[str, Any] = {}
-    if config.address is None:  # a local instance: the workers import this very package
-        extra["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}}
     threads = max(1, int(config.cpus_per_worker))
-    return lambda: _Worker.options(num_cpus=config.cpus_per_worker, num_gpus=gpus, **extra).remote(
+    return lambda: _Worker.options(num_cpus=config.cpus_per_worker, num_gpus=gpus).remote(
         model, threads, progress)
+
+
+def _import_path_for_workers() -> None:
+    """PYTHONPATH starts with the folder this package is in (the workers of a local instance inherit it)."""
+    root = str(Path(__file__).resolve().parents[2])
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if paths[0] != root:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
 
 
 def _worker_count(config: FleetConfig, model: ModelOptions, units: int) -> int:
@@ -287,6 +305,7 @@ def _drive(queue: deque, actors: list[Any], new_worker: Callable[[], Any], progr
                 result = ray.get(ref)
             except ray.exceptions.RayActorError:  # the worker died (e.g. out of memory): a new one, and retry
                 worker = (worker[0], new_worker())
+                actors[worker[0]] = worker[1]
                 result = None
                 error = "the worker died"
             except Exception as exc:  # noqa: BLE001  (the unit's own failure: retried, then recorded)
@@ -299,7 +318,7 @@ def _drive(queue: deque, actors: list[Any], new_worker: Callable[[], Any], progr
                 if attempts[task] <= config.retries:
                     queue.append(task)
                 else:
-                    entry.update(status="failed", error=error)
+                    entry.update(status="failed", error=error, attempts=attempts[task])
                     bar.write(f"semsam fleet: {name} failed: {error}", file=sys.stderr)
             elif kind == "process":
                 entry["units"][index].update(status="done", worker=worker[0], attempts=attempts.get(task, 0) + 1,
