@@ -6,6 +6,7 @@ Parquet, move into place); it records every result in the manifest as it comes (
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -154,6 +155,8 @@ def run_fleet(bags: list[Path], out: Path, options: BagOptions, model: ModelOpti
 
     from semsam_ros.io.hashing import file_sha256
 
+    bags, out = [b.absolute() for b in bags], out.absolute()  # workers may run elsewhere, in another folder
+    model = dataclasses.replace(model, checkpoint=str(Path(model.checkpoint).absolute()))
     layout = Layout(out)
     out.mkdir(parents=True, exist_ok=True)
     fresh = {"semsam_fleet": MANIFEST_FORMAT, "inputs": [str(b) for b in bags],
