@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from semsam_ros.bag.options import BagOptions, BagTime
-from semsam_ros.bag.reader import BagError, open_bag, read_messages
+from semsam_ros.bag.reader import open_bag, read_messages
 
 BAG_SUFFIXES = (".db3", ".mcap")
 
