@@ -45,6 +45,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        import pyarrow  # noqa: F401  (the workers write Parquet)
+
         from semsam_ros.fleet.runner import FleetConfig, FleetError, run_fleet
     except ImportError as exc:
         raise UserError(f"semsam fleet needs Ray and pyarrow: pip install 'semsam_ros[fleet]' ({exc})") from None
