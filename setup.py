@@ -30,6 +30,7 @@ setup(
     ],
     extras_require={
         "bag": ["rosbags>=0.10"],
+        "fleet": ["ray>=2.40", "pyarrow>=14", "rosbags>=0.10"],
         "semantics": ["transformers>=4.40"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
         "test": ["pytest>=7", "rosbags>=0.10", "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],

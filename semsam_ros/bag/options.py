@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +65,7 @@ class BagOptions:
     depth_topics: dict[str, str] = field(default_factory=dict)  # image topic -> registered depth topic
     camera_info_topics: dict[str, str] = field(default_factory=dict)  # default: <image topic's parent>/camera_info
     progress: bool = False
+    on_frame: Callable[[], None] | None = None  # called after each chosen frame (e.g. a fleet's progress)
 
 
 @dataclass

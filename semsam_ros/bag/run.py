@@ -271,6 +271,8 @@ class BagRun:
                     self.rendering.append(renderer.submit(self._render, item, output))
                 self._write_rendered(writer, RENDER_QUEUE)
                 self.bar.update()
+                if self.options.on_frame is not None:
+                    self.options.on_frame()
 
     def _batch_due(self) -> bool:
         queued = {item.camera.topic for item in self.pending}

@@ -40,6 +40,11 @@ def _setting(text: str) -> tuple[str, Any]:
 def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="rosbag2 directory, or a single .db3 or .mcap file")
     parser.add_argument("--out", required=True, type=Path, help="output bag directory (must not exist)")
+    add_bag_options(parser)
+
+
+def add_bag_options(parser: argparse.ArgumentParser) -> None:
+    """Every option of ``semsam bag`` but the input and --out (``semsam fleet`` takes them too)."""
     parser.add_argument("--image-topic", action="append", required=True, metavar="TOPIC",
                         help="sensor_msgs/Image or CompressedImage topic to segment; repeat for more")
     add_model_arguments(parser)
@@ -73,7 +78,8 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def run_bag(args: argparse.Namespace) -> int:
+def bag_options(args: argparse.Namespace) -> BagOptions:
+    """The BagOptions of the :func:`add_bag_options` options; UserError when they are wrong."""
     if not (args.prompts or args.prompt_topic or args.auto):
         raise UserError("nothing to segment: give --prompts YAML, --prompt-topic TOPIC or --auto")
     if args.every < 1:
@@ -84,7 +90,7 @@ def run_bag(args: argparse.Namespace) -> int:
         params = load_node_params(args.params, overrides)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    options = BagOptions(
+    return BagOptions(
         image_topics=topics,
         prompts=load_prompts(args.prompts, topics, args.levels or ()) if args.prompts else {},
         prompt_topics=parse_topic_map(args.prompt_topic, topics, "--prompt-topic"),
@@ -95,6 +101,10 @@ def run_bag(args: argparse.Namespace) -> int:
         camera_info_topics=parse_topic_map(args.camera_info_topic, topics, "--camera-info-topic"),
         progress=not args.quiet,
     )
+
+
+def run_bag(args: argparse.Namespace) -> int:
+    options = bag_options(args)
     # everything that needs no model is checked first: the model can take many seconds to load
     plan = plan_bag(args.input, args.out, options, device=str(device(args)))
     predictor, _ = load_predictor(args)

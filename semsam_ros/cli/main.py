@@ -1,5 +1,5 @@
-"""The ``semsam`` command: segment, auto, info, convert, download, bag, bag-info, track, build-engine, export-onnx
-(docs/cli.md).
+"""The ``semsam`` command: segment, auto, info, convert, download, bag, bag-info, fleet, track, build-engine,
+export-onnx (docs/cli.md).
 
 A subcommand is a ``Subcommand(help, add_arguments, run)`` entry of :func:`subcommands`. ``run`` returns the exit
 status and raises ``UserError`` (or the bag library's ``BagError``) for a user mistake, which :func:`main` prints
@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def subcommands() -> dict[str, Subcommand]:
     """Every subcommand by name (the command modules are imported here, when the parser is built)."""
-    from semsam_ros.cli import bag, engine, image, model, onnx, track
+    from semsam_ros.cli import bag, engine, fleet, image, model, onnx, track
 
     return {
         "segment": Subcommand("segment an image at point/box prompts, every chosen level",
@@ -53,6 +53,7 @@ def subcommands() -> dict[str, Subcommand]:
         "track": Subcommand(track.HELP, track.add_arguments, track.run),
         "build-engine": Subcommand(engine.HELP, engine.add_arguments, engine.run),
         "export-onnx": Subcommand(onnx.HELP, onnx.add_arguments, onnx.run),
+        "fleet": Subcommand(fleet.HELP, fleet.add_arguments, fleet.run),
     }
 
 
