@@ -96,6 +96,17 @@ class Segment:
     track_state: int = TRACK_NONE
 
 
+def outside_image(points: np.ndarray, boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bad points, bad boxes) masks: the pixel points (P, 2) that are not pixels of a ``height`` x ``width`` image
+    (0 <= x < width, 0 <= y < height) and the XYXY boxes (B, 4) that are not a non-empty part of it. Non-finite
+    values are outside."""
+    x, y = points[:, 0], points[:, 1]
+    bad_points = ~np.isfinite(points).all(1) | (x < 0) | (x >= width) | (y < 0) | (y >= height)
+    x0, y0, x1, y1 = boxes.T
+    bad_boxes = ~np.isfinite(boxes).all(1) | (x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height)
+    return bad_points, bad_boxes | (x1 <= x0) | (y1 <= y0)
+
+
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Pixel XYXY (exclusive max) of a bool mask; (0, 0, 0, 0) when it is empty."""
     rows = np.flatnonzero(mask.any(axis=1))

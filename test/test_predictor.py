@@ -226,6 +226,8 @@ def test_bad_images(tiny_predictor, image, message):
     "kwargs, message",
     [
         ({"points": [[81, 10]]}, "outside the 80x48 image"),
+        ({"points": [[80, 10]]}, r"point \(80, 10\) is outside"),  # column 80 of an 80-wide image does not exist
+        ({"points": [[10, 48]]}, "outside"),
         ({"points": [[-1, 10]]}, "outside"),
         ({"points": [[np.nan, 10]]}, "NaN"),
         ({"points": [[1, 2, 3]]}, r"shape \(N, 2\)"),
@@ -237,6 +239,12 @@ def test_bad_prompts(tiny_predictor, test_image, kwargs, message):
     tiny_predictor.set_image(test_image)
     with pytest.raises(ValueError, match=message):
         tiny_predictor.predict(**kwargs)
+
+
+def test_the_last_pixel_is_a_point_and_a_full_image_box_is_a_box(tiny_predictor, test_image):
+    tiny_predictor.set_image(test_image)
+    pred = tiny_predictor.predict(points=[[79.5, 47.5]], boxes=[[0, 0, 80, 48]])
+    assert pred.mask_logits.shape[0] == 2
 
 
 def test_predict_before_set_image(tiny_model):

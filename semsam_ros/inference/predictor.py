@@ -17,7 +17,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..limits import check_long_side
 from ..model.pixel_decoder import GN_GROUPS
-from ..types import DEFAULT_MAX_LONG_SIDE, LEVELS
+from ..types import DEFAULT_MAX_LONG_SIDE, LEVELS, outside_image
 from ..model.semantic_sam import SemanticSam
 from .backends import Backend, ImageUploader, create_backend
 
@@ -127,16 +127,15 @@ def prompts_to_boxes(points: Any, boxes: Any, height: int, width: int) -> np.nda
     """Pixel points (P, 2) and XYXY boxes (B, 4) -> (P+B, 4) relative [cx, cy, w, h]; raises on bad prompts."""
     pts = _as_prompt_array(points, 2, "points")
     bxs = _as_prompt_array(boxes, 4, "boxes")
-    outside = (pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)
-    if outside.any():
-        bad = pts[outside][0]
+    bad_points, bad_boxes = outside_image(pts, bxs, height, width)
+    if bad_points.any():
+        bad = pts[bad_points][0]
         raise ValueError(f"point ({bad[0]:g}, {bad[1]:g}) is outside the {width}x{height} image")
-    if len(bxs):
-        x0, y0, x1, y1 = bxs.T
-        if ((x1 <= x0) | (y1 <= y0)).any():
-            raise ValueError("boxes must be X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
-        if ((x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height)).any():
-            raise ValueError(f"a box reaches outside the {width}x{height} image")
+    x0, y0, x1, y1 = bxs.T
+    if ((x1 <= x0) | (y1 <= y0)).any():
+        raise ValueError("boxes must be X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
+    if bad_boxes.any():
+        raise ValueError(f"a box reaches outside the {width}x{height} image")
     size = np.array([width, height], dtype=np.float64)
     rel_points = np.concatenate([pts / size, np.full_like(pts, POINT_BOX_SIZE)], axis=1)
     rel_boxes = np.concatenate([(bxs[:, :2] + bxs[:, 2:]) / 2 / size, (bxs[:, 2:] - bxs[:, :2]) / size], axis=1)

@@ -19,7 +19,7 @@ from semsam_ros.ros.msgtypes import MessageTypes
 from semsam_ros.ros.params import NodeParams
 from semsam_ros.ros.telemetry import Telemetry
 from semsam_ros.tracking import Tracker
-from semsam_ros.types import LEVELS, Segment, Segment3D
+from semsam_ros.types import LEVELS, Segment, Segment3D, outside_image
 
 PROMPT_BATCH = 16  # prompts per predictor call (bounds the (N, L, H, W) logits in memory)
 
@@ -215,11 +215,7 @@ class FrameProcessor:
                 f"prompt {prompt.prompt_id}: text {prompt.text!r} without a point or box needs semantics "
                 "(parameter semantics: true); nothing was segmented", "text_without_semantics")
         pts, bxs = prompt.points, prompt.boxes
-        x, y = pts[:, 0], pts[:, 1]
-        bad_points = ~np.isfinite(pts).all(1) | (x < 0) | (x >= width) | (y < 0) | (y >= height)
-        x0, y0, x1, y1 = bxs.T
-        bad_boxes = ~np.isfinite(bxs).all(1) | (x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height) | (x1 <= x0) | (
-            y1 <= y0)
+        bad_points, bad_boxes = outside_image(pts, bxs, height, width)
         if bad_points.any() or bad_boxes.any():
             raise PromptError(
                 f"prompt {prompt.prompt_id}: points {pts[bad_points].tolist()} and boxes {bxs[bad_boxes].tolist()} "
