@@ -137,12 +137,10 @@ class FrameProcessor:
         and logged."""
         decoded, todo = [], []
         for frame, prompts, auto in work:
-            if frame.rgb is None:
-                try:
-                    frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
-                except Exception as exc:  # noqa: BLE001  (bad input must never kill the node)
-                    self.telemetry.report("image", exc)
-                    continue
+            try:
+                self._decode(frame)
+            except Exception:  # noqa: BLE001  (counted and logged; bad input must never kill the node)
+                continue
             decoded.append(frame)
             if frame.embedding is None and (auto or any(self._fits(p, *frame.rgb.shape[:2]) for p in prompts)):
                 todo.append(frame)
@@ -153,6 +151,17 @@ class FrameProcessor:
                 self.telemetry.report("inference", exc)
                 return [frame for frame in decoded if frame not in todo]
         return decoded
+
+    def _decode(self, frame: Frame) -> np.ndarray:
+        """The frame's RGB, decoded on first use (its size checked against ``max_image_pixels`` before decoding);
+        a failure is counted and logged, then raised."""
+        if frame.rgb is None:
+            try:
+                frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
+            except Exception as exc:
+                self.telemetry.report("image", exc)
+                raise
+        return frame.rgb
 
     def _encode(self, frames: list[Frame]) -> None:
         start = time.perf_counter()
@@ -171,13 +180,7 @@ class FrameProcessor:
         cannot be decoded or segmented raises, after being counted and logged. ``track``: also continue the
         tracker's tracks on this frame (frames must then come in time order).
         """
-        if frame.rgb is None:
-            try:
-                frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
-            except Exception as exc:
-                self.telemetry.report("image", exc)
-                raise
-        height, width = frame.rgb.shape[:2]
+        height, width = self._decode(frame).shape[:2]
         valid = self._fitting(prompts, height, width)
         if valid or auto or track:
             return self.run(frame, valid, auto, strict=True, track=track)
@@ -192,14 +195,12 @@ class FrameProcessor:
         ``track``: the tracks are decoded with the prompts, in the same predictor calls, and associated.
         """
         start = time.perf_counter()
-        stage = "image"
         try:
-            if frame.rgb is None:
-                frame.rgb = image_to_rgb(frame.image, self.params.max_image_pixels)
-            stage = "inference"
+            self._decode(frame)
             return self._process(frame, prompts, auto, strict, start, track)
         except Exception as exc:  # noqa: BLE001  (bad input or a failing model must never kill the node)
-            self.telemetry.report("prompt" if isinstance(exc, PromptError) else stage, exc)
+            if frame.rgb is not None:  # decoding failures are counted by _decode
+                self.telemetry.report("prompt" if isinstance(exc, PromptError) else "inference", exc)
             if strict:
                 raise
             return None
