@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from semsam_ros.cli import main
+from semsam_ros.cli.track import frame_sources, read_frame
 from semsam_ros.inference.postprocess import rle_to_mask
 from tracking_scenes import texture
 
@@ -118,3 +119,14 @@ def test_track_errors_are_one_line(case: str, message: str, folder: Path, tiny_c
         extra = ["--prompts", tmp_path / "p.yaml"]
     status, _, err = track(capsys, tiny_checkpoint, source, "--out", tmp_path / "out", *extra)
     assert status == 1 and err.count("\n") == 1 and err.startswith("semsam: error: ") and message in err, err
+
+
+def test_frames_decode_as_every_image_file(tmp_path):
+    """A 16-bit grey frame is scaled down by 256 (not clipped to white), a GIF's later frames are read too."""
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(tmp_path / "a.png")
+    (grey,) = [read_frame(source, 10**6) for source in frame_sources(tmp_path)]
+    assert grey.shape == (8, 8, 3) and (grey == 30000 >> 8).all()
+    frames = [Image.fromarray(np.full((8, 8, 3), value, np.uint8)) for value in (10, 200)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
+    sources = frame_sources(tmp_path / "clip.gif")
+    assert [int(read_frame(s, 10**6)[0, 0, 0]) for s in sources] == [10, 200]

@@ -15,7 +15,8 @@ import numpy as np
 
 from semsam_ros.cli.args import UserError, add_model_arguments, add_prompt_arguments, load_predictor, parse_levels
 from semsam_ros.cli.image import check_out_dir, make_out_dir
-from semsam_ros.limits import InputRejected, check_long_side, check_pixels
+from semsam_ros.limits import InputRejected, check_long_side
+from semsam_ros.ros.images import decode_file, pixels_to_rgb
 from semsam_ros.types import DEFAULT_MAX_IMAGE_PIXELS, TRACK_STATE_NAMES
 
 HELP = "track point/box prompts through an image folder or an animated image (ids per frame, overlays)"
@@ -72,16 +73,13 @@ def frame_sources(path: Path) -> list[tuple[str, Path, int]]:
 
 
 def read_frame(source: tuple[str, Path, int], max_pixels: int) -> np.ndarray:
-    """HxWx3 uint8 RGB of one frame (size checked from the header first); UserError when it cannot be read."""
-    from PIL import Image
-
+    """HxWx3 uint8 RGB of one frame, decoded as every image file is (size checked from the header first; 16-bit
+    scaled down by 256); UserError when it cannot be read."""
     name, path, index = source
     try:
-        with Image.open(path) as img:
-            check_pixels(*img.size, f"frame {name}", max_pixels)
-            img.seek(index)
-            return np.asarray(img.convert("RGB"))
-    except (InputRejected, OSError, EOFError) as exc:
+        with open(path, "rb") as fp:
+            return pixels_to_rgb(decode_file(fp, f"frame {name}", max_pixels=max_pixels, frame=index))
+    except (InputRejected, OSError) as exc:
         raise UserError(f"cannot read frame {name}: {exc}") from None
 
 

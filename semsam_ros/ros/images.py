@@ -142,17 +142,21 @@ _KEPT_MODES = ("L", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")
 
 
 def decode_file(
-    fp: IO[bytes], what: str, formats: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    fp: IO[bytes], what: str, formats: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    frame: int = 0,
 ) -> np.ndarray:
     """Pixels of an encoded image (HxW, HxWx3 or HxWx4; uint8 or uint16), its size checked from the header first.
 
-    ``formats`` are PIL format names (None: any PIL reads). InputRejected "too_large" or "undecodable".
+    ``formats`` are PIL format names (None: any PIL reads); ``frame``: which frame of a multi-frame file (an
+    animated GIF, APNG or WebP, a multi-page TIFF). InputRejected "too_large" or "undecodable".
     """
     from PIL import Image as PILImage
 
     try:
         with PILImage.open(fp, formats=formats) as img:  # lazy: reads the header only
             check_pixels(*img.size, what, max_pixels)
+            if frame:
+                img.seek(frame)
             if img.mode not in _KEPT_MODES:
                 img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
             pixels = np.asarray(img)
