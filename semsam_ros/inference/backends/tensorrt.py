@@ -23,6 +23,7 @@ from typing import Any, Collection, Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...io.hashing import tensors_sha256
 from ...model.semantic_sam import SemanticSam
 from ...types import ENGINE_ROUTES, MIN_MEAN_IOU
 from .accuracy import AccuracyReport, check, evaluate
@@ -169,13 +170,7 @@ class TorchTensorRTCompiler:
 def weights_digest(model: nn.Module) -> str:
     """The checkpoint's sha256 when the model was loaded from a file, else a sha256 of its state dict."""
     known = getattr(model, "weights_sha256", None)
-    if known:
-        return str(known)
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return str(known) if known else tensors_sha256(model.state_dict())
 
 
 def model_code_digest() -> str:
