@@ -32,9 +32,10 @@ def interior_pixels(
     its mask's outside in image pixels.
 
     ``rows``, ``cols`` are the canvas positions of the inliers, grouped by grid (``group``, starting at
-    ``starts``). The distance is that of a twice-coarser grid whose cells are inside when all four of their grid
-    pixels are (padding rows and columns stay outside, so no distance crosses grids): a quarter of the cost of the
-    exact transform, within about one grid step of it. Among the inliers at most two grid steps less interior than
+    ``starts``). The distance is the chessboard distance on a twice-coarser grid whose cells are inside when all
+    four of their grid pixels are (padding rows and columns stay outside, so no distance crosses grids): a tenth of
+    the cost of the exact Euclidean transform on the grid, within about one grid step (and a factor sqrt(2) along
+    diagonals) of it. Among the inliers at most two grid steps less interior than
     the best, the one nearest the mask's mean grid pixel wins (a plateau, e.g. a strip's midline, gives its
     middle, not its end).
     """
@@ -48,7 +49,7 @@ def interior_pixels(
             coarse[part.shape[0] :] = False  # odd sizes: the missing row or column is outside
             coarse[:, part.shape[1] :] = False
     step = grids.steps[group]
-    depth = (2.0 * ndimage.distance_transform_edt(coarse)[rows // 2, cols // 2] + 0.5) * step
+    depth = (2.0 * ndimage.distance_transform_cdt(coarse, metric="chessboard")[rows // 2, cols // 2] + 0.5) * step
     near = depth >= np.maximum.reduceat(depth, starts)[group] - 2 * step
     n = np.bincount(grids.row_group + 1, weights=np.count_nonzero(mask, axis=1), minlength=len(starts) + 1)[1:]
     row_weights = np.count_nonzero(mask, axis=1) * (np.arange(h) - grids.offsets[np.maximum(grids.row_group, 0)])
@@ -60,12 +61,11 @@ def interior_pixels(
 
 
 def face_normals(
-    grids: SampleGrids, rays: np.ndarray, depth: np.ndarray, valid: np.ndarray, flat: np.ndarray,
-    group: np.ndarray, reach: np.ndarray,
+    grids: SampleGrids, rays: np.ndarray, depth: np.ndarray, flat: np.ndarray, group: np.ndarray, reach: np.ndarray,
 ) -> np.ndarray:
     """(K, 3) unit normals at image pixels ``flat`` of masks ``group``, each from a plane fit on one face.
 
-    ``rays`` (3, H * W), ``depth`` and ``valid`` (valid depth) are flat images. Planes are fitted to the mask's
+    ``rays`` (3, H * W) and ``depth`` are flat images. Planes are fitted to the mask's
     valid pixels (in its crop) of the four square windows that have the pixel at a corner (half-size h from
     ``reach``, its distance to the mask's outside; sampled every ceil(h / ``WINDOW_SAMPLES``) pixels, so every
     window costs the same) and of the window of half-size h / 2 centred on it. The corner
@@ -82,9 +82,8 @@ def face_normals(
     keep &= (r >= grids.y0[group][:, None]) & (r < grids.y1[group][:, None])
     keep &= (c >= grids.x0[group][:, None]) & (c < grids.x1[group][:, None])
     window = np.where(keep, r * width + c, flat[:, None])
-    keep &= np.take(valid, window)
-    for k, g in enumerate(group):
-        keep[k] &= np.take(grids.masks[g], window[k])
+    keep &= grids.in_mask(np.where(keep, r, (flat // width)[:, None]), np.where(keep, c, (flat % width)[:, None]),
+                          group[:, None])
     centre = np.take(rays, flat, axis=1).astype(np.float64) * np.take(depth, flat)
     p = np.take(rays, window, axis=1) * np.take(depth, window)  # (3, K, window)
     p = np.where(keep, p - centre[:, :, None], 0.0).transpose(1, 2, 0)  # (K, window, 3), about the pixel
@@ -102,3 +101,4 @@ def face_normals(
     normal = vectors[k, best, :, 0]
     normal[n.max(axis=1) < 6] = np.nan
     return np.where((np.einsum("ki,ik->k", normal, centre) > 0)[:, None], -normal, normal)
+

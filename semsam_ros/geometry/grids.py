@@ -17,9 +17,10 @@ import numpy as np
 class SampleGrids:
     """Canvas ``mask``, ``valid`` (mask pixels with valid depth) and ``z`` (depth, NaN on padding) of the grids.
 
-    Per grid g: ``steps``, crop ``y0``, ``y1``, ``x0``, ``x1`` (image pixels, exclusive max), ``offsets``,
-    ``heights`` and ``masks`` (the flat image mask). Per canvas row: ``row_group`` (-1 on padding) and
-    ``row_image`` (the image row it samples). ``width``: the image's.
+    Per grid g: ``steps``, crop ``y0``, ``y1``, ``x0``, ``x1`` (image pixels, exclusive max), ``offsets`` and
+    ``heights``. Per canvas row: ``row_group`` (-1 on padding) and ``row_image`` (the image row it samples).
+    ``width``: the image's. ``selected``: every crop's mask pixels with valid depth at full resolution, flattened
+    one after the other (crop g from ``crop_starts[g]``), for ``in_mask``.
     """
 
     mask: np.ndarray
@@ -32,15 +33,21 @@ class SampleGrids:
     x1: np.ndarray
     offsets: np.ndarray
     heights: np.ndarray
-    masks: list[np.ndarray]
     row_group: np.ndarray
     row_image: np.ndarray
     width: int
+    selected: np.ndarray
+    crop_starts: np.ndarray
 
     def grid(self, canvas: np.ndarray, g: int) -> np.ndarray:
         """Grid g's part of a canvas-shaped array."""
         h, w = self.heights[g], -(-(self.x1[g] - self.x0[g]) // self.steps[g])
         return canvas[self.offsets[g] : self.offsets[g] + h, 1 : 1 + w]
+
+    def in_mask(self, rows: np.ndarray, cols: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Whether image pixels (rows, cols), inside the crops of grids ``g``, are mask pixels with valid depth."""
+        y0, x0 = self.y0[g], self.x0[g]
+        return np.take(self.selected, self.crop_starts[g] + (rows - y0) * (self.x1[g] - x0) + (cols - x0))
 
 
 def stack_grids(
@@ -48,7 +55,7 @@ def stack_grids(
     valid: Sequence[np.ndarray], depth: np.ndarray,
 ) -> SampleGrids:
     """The canvas of the step-``steps[g]`` grids of ``masks[g]`` (full image) cropped to ``crops[g]`` (x0, y0, x1,
-    y1); ``valid[g]`` is the crop's valid mask pixels, ``depth`` the image's depth."""
+    y1); ``valid[g]`` is the crop's mask pixels with valid depth, ``depth`` the image's depth."""
     shapes = [(-(-(y1 - y0) // s), -(-(x1 - x0) // s)) for (x0, y0, x1, y1), s in zip(crops, steps)]
     heights = np.array([h for h, _ in shapes], dtype=np.intp)
     offsets = np.cumsum(np.r_[1, heights[:-1] + 1])
@@ -66,6 +73,7 @@ def stack_grids(
         row_group[r] = g
         row_image[r] = np.arange(y0, y1, s)
     box = np.array(crops, dtype=np.intp).reshape(-1, 4).T
+    crop_starts = np.cumsum(np.r_[0, [v.size for v in valid[:-1]]])
     return SampleGrids(canvas_mask, canvas_valid, canvas_z, np.array(steps, dtype=np.intp), box[1], box[3], box[0],
-                       box[2], offsets, heights, [m.reshape(-1) for m in masks], row_group, row_image,
-                       depth.shape[1])
+                       box[2], offsets, heights, row_group, row_image, depth.shape[1],
+                       np.concatenate([v.reshape(-1) for v in valid]), crop_starts.astype(np.intp))

@@ -33,11 +33,10 @@ def _continues(d: np.ndarray, tol: float) -> np.ndarray:
     return before | after
 
 
-def _linked(z: np.ndarray, axis: int, limit: np.ndarray) -> np.ndarray:
-    """Links between neighbours along ``axis`` of depth ``z`` (NaN: not a node): small jump (|log z step| <=
-    ``limit``, broadcast against the steps) or surface-following."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        log_z = np.log(z)
+def _linked(z: np.ndarray, log_z: np.ndarray, axis: int, limit: np.ndarray) -> np.ndarray:
+    """Links between neighbours along ``axis`` of depth ``z`` (NaN: not a node) with logarithm ``log_z``: small
+    jump (|log z step| <= ``limit``, broadcast against the steps) or surface-following."""
+    with np.errstate(invalid="ignore"):
         step = np.abs(np.diff(log_z, axis=axis))
         small = step <= limit  # |dz| <= jump * min(z1, z2)
         if not (step > limit).any():
@@ -61,15 +60,17 @@ def surface_inliers(
     pixels only.
     """
     h, w = valid.shape
-    rows = np.arange(h)[:, None]
-    last = np.where(valid, np.arange(w), 0)
+    last = np.where(valid, np.arange(w, dtype=np.int32), np.int32(0))
     np.maximum.accumulate(last, axis=1, out=last)
-    nodes = mask & valid[rows, last]
-    zn = np.where(nodes, z[rows, last], np.nan)
+    nodes = mask & (last > 0)  # column 0 is padding: 0 means no valid pixel to the left
+    last += np.arange(0, h * w, w, dtype=np.int32)[:, None]
+    zn = np.where(nodes, np.take(z, last), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_z = np.log(zn)
     limit = np.log1p(jump)[:, None]
-    across, down = _linked(zn, 1, limit), _linked(zn, 0, limit[:-1])  # a link implies its two nodes
+    across, down = _linked(zn, log_z, 1, limit), _linked(zn, log_z, 0, limit[:-1])
     if (across < (nodes[:, :-1] & nodes[:, 1:])).any() or (down < (nodes[:-1] & nodes[1:])).any():
-        links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
+        links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)  # a link implies its two nodes
         links[::2, ::2] = nodes
         links[::2, 1::2] = across
         links[1::2, ::2] = down
@@ -77,12 +78,12 @@ def surface_inliers(
         pixel_labels = labels[::2, ::2]
     else:  # no neighbours unlinked: the regions are those of the nodes
         pixel_labels, n = ndimage.label(nodes, structure=_FOUR_NEIGHBOURS)
-    valid_labels = pixel_labels[valid]
-    sizes = np.bincount(valid_labels, minlength=n + 1)
+    sizes = np.bincount(pixel_labels[valid], minlength=n + 1)
     sizes[0] = 0
-    label_group = np.zeros(n + 1, dtype=np.intp)
-    label_group[valid_labels] = np.broadcast_to(groups[:, None], valid.shape)[valid]
-    largest = np.zeros(n_groups, dtype=sizes.dtype)
+    # labels are numbered in row order and no region spans two grids: a label's grid is that of the first row
+    # whose labels reach it
+    label_group = groups[np.searchsorted(np.maximum.accumulate(pixel_labels.max(axis=1)), np.arange(n + 1))]
+    largest = np.zeros(n_groups + 1, dtype=sizes.dtype)  # the last entry collects label 0 (grid -1)
     np.maximum.at(largest, label_group, sizes)
     return (sizes >= np.maximum(keep_fraction * largest[label_group], 1))[pixel_labels] & valid
 
@@ -117,21 +118,22 @@ def full_resolution_inliers(
 
 
 def boundary_pixels(
-    inliers: np.ndarray, grid: "SampleGrids", depth: np.ndarray, valid: np.ndarray, tolerance: np.ndarray
+    inliers: np.ndarray, grid: "SampleGrids", depth: np.ndarray, tolerance: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image (flat) indices, and their grid, of the valid pixels up to step - 1 beyond a grid inlier, towards
+    """Image (flat) indices, and their grid, of the valid mask pixels up to step - 1 beyond a grid inlier, towards
     each of its 4 grid neighbours that is not an inlier, kept when on the inlier's surface (``_on_surface``).
 
-    ``inliers`` is the canvas of ``grid`` (``SampleGrids``); ``depth`` and ``valid`` (valid depth) are flat
-    images, ``tolerance`` the relative depth tolerance of each grid. A step-s grid misses up to s - 1 pixels at
-    each side of a mask; these restore the extents.
+    ``inliers`` is the canvas of ``grid`` (``SampleGrids``); ``depth`` is the flat image, ``tolerance`` the relative
+    depth tolerance of each grid. A step-s grid misses up to s - 1 pixels at each side of a mask; these restore the
+    extents.
     """
-    width = grid.width
-    inner = inliers[1:-1, None, 1:-1]
-    up, down, left, right = inliers[:-2, 1:-1], inliers[2:, 1:-1], inliers[1:-1, :-2], inliers[1:-1, 2:]
-    node_r, side, node_c = np.nonzero(inner > np.stack([up, down, left, right], axis=1))  # grouped by canvas row
-    back = np.stack([down, up, right, left], axis=1)[node_r, side, node_c]
-    node_r += 1
+    width, canvas_width = grid.width, inliers.shape[1]
+    flat_inliers = inliers.reshape(-1)
+    nodes = np.flatnonzero(flat_inliers)  # padding surrounds every grid: no neighbour index leaves the canvas
+    neighbours = np.take(flat_inliers, nodes[:, None] + np.array([-canvas_width, canvas_width, -1, 1]))
+    node, side = np.nonzero(~neighbours)  # (inlier, side) pairs, grouped by canvas row; sides: up, down, left, right
+    back = neighbours[node, side ^ 1]  # the opposite neighbour is an inlier
+    node_r, node_c = np.divmod(nodes[node], canvas_width)
     g = grid.row_group[node_r]
     step = grid.steps[g]
     coarse = step > 1
@@ -140,7 +142,7 @@ def boundary_pixels(
     if g.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
     y = grid.row_image[node_r]
-    x = grid.x0[g] + node_c * step  # node_c: the grid column (the canvas has one column more on the left)
+    x = grid.x0[g] + (node_c - 1) * step  # the canvas has one padding column on the left
     dr, dc = _SIDES[0][side], _SIDES[1][side]
     node = y * width + x
     z_back = np.where(back, np.take(depth, np.where(back, node - (dr * width + dc) * step, node)), np.nan)
@@ -152,10 +154,7 @@ def boundary_pixels(
     image = rows * width + cols
     keep = _on_surface(np.take(depth, image), np.take(depth, node)[probe], z_back[probe], k, step[probe],
                        tolerance[g])
-    keep &= np.take(valid, image)
-    bounds = np.flatnonzero(np.diff(g)) + 1
-    for s, e in zip(np.r_[0, bounds], np.r_[bounds, g.size]):  # in the mask
-        keep[s:e] &= np.take(grid.masks[g[s]], image[s:e])
+    keep &= grid.in_mask(rows, cols, g)
     return image[keep], g[keep]
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from semsam_ros.geometry.camera import CameraModel
+from semsam_ros.geometry.frame import box_frames, sample_normals
 from semsam_ros.geometry.grasp import face_normals, first_per_group, interior_pixels
 from semsam_ros.geometry.grids import stack_grids
 from semsam_ros.geometry.inliers import boundary_pixels, full_resolution_inliers, surface_inliers
@@ -22,6 +23,8 @@ DEFAULT_MIN_POINTS = 30
 DEFAULT_MAX_POINTS = 1024
 DEFAULT_DEPTH_JUMP = 0.05
 DEFAULT_KEEP_FRACTION = 0.25
+MIN_EXTENT = 0.001  # m, added to each extent when comparing box volumes (flat parts have none across)
+PRINCIPAL_VOLUME = 0.8  # the points' principal axes make the box when its volume is below this share of the other
 _NAN3 = np.full(3, np.nan)
 
 
@@ -149,7 +152,7 @@ def _masks_to_3d(
         step = 1 if options.max_points is None else max(1, math.ceil(math.sqrt(count / options.max_points)))
         chosen.append((i, mask, (x0, y0, x1, y1), step, sel, count, count / area))
     while chosen:
-        fitted = _describe(chosen, depth_m, valid, camera, options)
+        fitted = _describe(chosen, depth_m, camera, options)
         if all(f is not None for f in fitted):
             for c, f in zip(chosen, fitted):
                 results[c[0]] = f
@@ -161,7 +164,7 @@ def _masks_to_3d(
     return results  # type: ignore[return-value]
 
 
-def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, valid: np.ndarray, camera: CameraModel,
+def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
               options: _Options) -> list[Mask3D | None]:
     """The 3D of each chosen mask (``_masks_to_3d``), None where fewer than 4 inliers remain."""
     count = len(chosen)
@@ -179,47 +182,55 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, valid: np.ndarray, c
     width = grids.width
     flat = grids.row_image[rows] * width + grids.x0[group] + (cols - 1) * grids.steps[group]
     depth = depth_m.reshape(-1)
-    valid = valid.reshape(-1)
     rays = camera.rays.reshape(3, -1)
     p = np.take(rays, flat, axis=1) * np.take(depth, flat)  # the inliers on the step grids
     if grids.steps.max() > 1:  # the boundary pixels restore the extents the grids miss
-        extent, extent_group = boundary_pixels(inliers, grids, depth, valid, jump)
+        extent, extent_group = boundary_pixels(inliers, grids, depth, jump)
     else:
         extent, extent_group = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
     e = np.take(rays, extent, axis=1) * np.take(depth, extent)
     grasp, interior = interior_pixels(grids, rows, cols, group, starts)
 
+    g_all = np.arange(count)
+    grasp_pixels = flat[grasp]
+    grasp_normals = face_normals(grids, rays, depth, grasp_pixels, g_all, interior[grasp])
     pad = np.zeros((3, 1), dtype=np.float64)
-    mean, vecs = _group_moments(np.concatenate([p, pad], axis=1, dtype=np.float64),
-                                np.column_stack([starts, starts + sizes]).ravel())
-    e0, e2 = vecs[:, :, 2], vecs[:, :, 0]
-    e0 = np.where(e0[np.arange(count), np.abs(e0).argmax(axis=1)][:, None] < 0, -e0, e0)  # largest > 0
-    e2 = np.where(np.einsum("gi,gi->g", e2, mean)[:, None] > 0, -e2, e2)  # box z towards the camera
-    e1 = e2[:, [1, 2, 0]] * e0[:, [2, 0, 1]] - e2[:, [2, 0, 1]] * e0[:, [1, 2, 0]]  # e2 x e0
-    rot = np.stack([e0, e1, e2], axis=2)  # (G, 3, 3), columns = box axes
-    rot_t = rot.transpose(0, 2, 1).astype(np.float32)
+    mean, covariance = _group_moments(np.concatenate([p, pad], axis=1, dtype=np.float64),
+                                      np.column_stack([starts, starts + sizes]).ravel())
+    principal = np.linalg.eigh(covariance)[1][:, :, ::-1]  # the points' principal axes, largest spread first
+    first = np.where(np.isnan(grasp_normals), principal[:, :, 2], grasp_normals)  # the grasp point's face normal
+    surface = box_frames(first, sample_normals(p, rows * grids.mask.shape[1] + cols, grids.mask.shape), covariance,
+                         group, starts)
+    candidates = np.concatenate([surface, principal], axis=2).transpose(0, 2, 1).astype(np.float32)  # (G, 6, 3)
 
-    q = np.empty_like(p)  # box coordinates, grid by grid
-    q_median = np.empty((count, 3), dtype=np.float32)
+    q6 = np.empty((6, p.shape[1]), dtype=np.float32)  # the points in both candidate frames, grid by grid
+    median6 = np.empty((count, 6), dtype=np.float32)
     for g in range(count):
-        qg = np.matmul(rot_t[g], p[:, starts[g] : starts[g] + sizes[g]], out=q[:, starts[g] : starts[g] + sizes[g]])
-        q_median[g] = _median(qg)
-    lo = np.minimum.reduceat(q, starts, axis=1).T.astype(np.float64)
-    hi = np.maximum.reduceat(q, starts, axis=1).T.astype(np.float64)
+        part = q6[:, starts[g] : starts[g] + sizes[g]]
+        median6[g] = _median(np.matmul(candidates[g], p[:, starts[g] : starts[g] + sizes[g]], out=part))
+    lo = np.minimum.reduceat(q6, starts, axis=1).T.astype(np.float64)
+    hi = np.maximum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     if extent.size:
-        qe = np.einsum("nij,jn->in", rot_t[extent_group], e)
+        qe = np.einsum("nij,jn->in", candidates[extent_group], e)
         ext_groups, ext_starts = np.unique(extent_group, return_index=True)
         lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
         hi[ext_groups] = np.maximum(hi[ext_groups], np.maximum.reduceat(qe, ext_starts, axis=1).T)
+    # the surface's frame (boxes, cylinders) unless the points' gives a much smaller box (curved parts whose normals
+    # do not form a right-angled frame)
+    volume = np.prod((hi - lo).reshape(count, 2, 3) + MIN_EXTENT, axis=2)
+    pick = (volume[:, 1] < PRINCIPAL_VOLUME * volume[:, 0]).astype(np.intp)
+    frames = np.where(pick[:, None, None] == 0, surface, principal)
+    rows3 = 3 * pick[:, None] + np.arange(3)
+    lo, hi, q_median = (np.take_along_axis(a, rows3, axis=1) for a in (lo, hi, median6))
+    q = np.where(pick[group] == 0, q6[:3], q6[3:])
     d = q - q_median[group].T
     nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
-    pixels = flat[np.r_[grasp, nearest]]
-    normals = face_normals(grids, rays, depth, valid, pixels, np.r_[np.arange(count), np.arange(count)],
-                           np.r_[interior[grasp], interior[nearest]])
-    grasp_points = np.take(rays, pixels[:count], axis=1).astype(np.float64).T * \
-        np.take(depth, pixels[:count]).astype(np.float64)[:, None]
-    positions = np.einsum("gij,gj->gi", rot, q_median)  # median along the box axes: on flat surfaces
-    centers = np.einsum("gij,gj->gi", rot, (lo + hi) / 2)
+    normals = face_normals(grids, rays, depth, flat[nearest], g_all, interior[nearest])
+    grasp_points = np.take(rays, grasp_pixels, axis=1).astype(np.float64).T * \
+        np.take(depth, grasp_pixels).astype(np.float64)[:, None]
+    positions = np.einsum("gij,gj->gi", frames, q_median)  # median along the box axes: on flat surfaces
+    centers = np.einsum("gij,gj->gi", frames, (lo + hi) / 2)
+    rot, size = _box_axes(frames, hi - lo, mean)
     orientations = _quaternions(rot)
     out = []
     for g, (_, _, (x0, y0, x1, y1), step, sel, n, ratio) in enumerate(chosen):
@@ -233,15 +244,15 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, valid: np.ndarray, c
             valid=True,
             position=positions[g],
             orientation=orientations[g],
-            size=hi[g] - lo[g],
+            size=size[g],
             box_center=centers[g],
-            normal=normals[count + g],
-            axis=e0[g],
+            normal=normals[g],
+            axis=rot[g, :, 0],
             point_count=n,
             valid_ratio=ratio,
             grasp_point=grasp_points[g],
-            grasp_normal=normals[g],
-            grasp_pixel=np.array([pixels[g] % width, pixels[g] // width], dtype=np.float64),
+            grasp_normal=grasp_normals[g],
+            grasp_pixel=np.array([grasp_pixels[g] % width, grasp_pixels[g] // width], dtype=np.float64),
             points=points,
         ))
     return out
@@ -286,14 +297,25 @@ def _median(a: np.ndarray) -> np.ndarray:
     return np.partition(a, k, axis=1)[:, k]
 
 
+def _box_axes(frames: np.ndarray, extent: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box rotations (G, 3, 3) and sizes (G, 3) of ``frames`` with ``extent`` along their columns: columns
+    ordered by extent (x the longest), z towards the camera (the points' ``mean`` is in front of it), x's largest
+    component positive, y = z x x."""
+    order = np.argsort(-extent, axis=1, kind="stable")
+    rot = np.take_along_axis(frames, order[:, None, :], axis=2)
+    x, z = rot[:, :, 0], rot[:, :, 2]
+    x = np.where(np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1) < 0, -x, x)
+    z = np.where(np.einsum("gi,gi->g", z, mean)[:, None] > 0, -z, z)
+    return np.stack([x, np.cross(z, x), z], axis=2), np.take_along_axis(extent, order, axis=1)
+
+
 def _group_moments(p: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (G, 3) and covariance eigenvectors (G, 3, 3; columns, smallest variance first) of the column groups
-    p[:, bounds[2g]:bounds[2g + 1]] of a (3, N) float64 array whose last column is padding."""
+    """Mean (G, 3) and covariance (G, 3, 3) of the column groups p[:, bounds[2g]:bounds[2g + 1]] of a (3, N)
+    float64 array whose last column is padding."""
     n = (bounds[1::2] - bounds[::2])[:, None]
     mean = np.add.reduceat(p, bounds, axis=1)[:, ::2].T / n
     second = np.add.reduceat((p[:, None] * p[None]).reshape(9, -1), bounds, axis=1)[:, ::2].T / n
-    cov = second.reshape(-1, 3, 3) - mean[:, :, None] * mean[:, None, :]
-    return mean, np.linalg.eigh(cov)[1]
+    return mean, second.reshape(-1, 3, 3) - mean[:, :, None] * mean[:, None, :]
 
 
 def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
