@@ -148,7 +148,7 @@ class Segment3D(Protocol):
     orientation: Sequence[float]  # box axes as a quaternion x, y, z, w
     size: Sequence[float]  # box extents in metres along its own axes
     normal: Sequence[float]  # unit surface normal at the centroid, towards the camera
-    axis: Sequence[float]  # unit principal axis
+    axis: Sequence[float]  # unit axis of the box's longest side
     point_count: int
     valid_ratio: float
     grasp_point: Sequence[float]  # a point on the object: the 3D point of grasp_pixel

@@ -1,4 +1,5 @@
-"""Depth -> 3D per mask (pose, oriented box, normal, principal axis), point clouds, 3D point -> pixel. ROS-free."""
+"""Depth -> 3D per mask (the object's oriented box, centroid, normal, long axis, grasp point), point clouds,
+3D point -> pixel. ROS-free."""
 from semsam_ros.geometry.camera import CameraModel, project_point
 from semsam_ros.geometry.cloud import CLOUD_DTYPE, pack_rgb, segments_cloud
 from semsam_ros.geometry.depth import DEFAULT_MAX_DEPTH_M, DEFAULT_MIN_DEPTH_M, depth_to_meters

@@ -1,4 +1,4 @@
-"""A mask plus registered depth -> the mask's 3D pose, extent, surface normal and principal axis.
+"""A mask plus registered depth -> the 3D box, centroid, surface normal and grasp point of what it shows.
 
 All outputs are in metres in the camera optical frame (x right, y down, z forward) unless ``transform`` moved
 them to another frame. See docs/geometry.md for the method and what a grasp planner gets.
@@ -32,13 +32,15 @@ _NAN3 = np.full(3, np.nan)
 class Mask3D:
     """3D description of one mask; every array is NaN when ``valid`` is False ("no 3D").
 
-    position: robust centroid, the median of the inlier points along each box axis (on flat visible surfaces).
-    orientation: quaternion (x, y, z, w) of the oriented box; its columns are the principal axes, x the longest
-      (x = ``axis``), z the least-spread direction (pointing towards the camera).
+    position: robust centroid, the median of the inlier points along each of their principal axes (on flat
+      visible surfaces).
+    orientation: quaternion (x, y, z, w) of the oriented box (the object's box: its axes follow the faces, see
+      ``geometry.frame``); its columns are the box axes ordered by extent, x the longest (x = ``axis``), z the
+      shortest (pointing towards the camera).
     size: box extents along its own x, y, z; box_center: the box centre (differs from ``position`` for
       asymmetric shapes).
     normal: unit surface normal at the centroid, pointing towards the camera.
-    axis: unit principal axis (a line; its sign is fixed so that its largest component is positive).
+    axis: unit axis of the box's longest side (a line; its sign is fixed so that its largest component is positive).
     point_count: valid-depth pixels inside the mask; valid_ratio: point_count / mask area.
     grasp_point: a point on the object: the 3D point of ``grasp_pixel``, the most interior inlier pixel of the
       mask; grasp_normal: unit normal of the face it lies on, towards the camera; grasp_pixel: its (x, y).
@@ -191,44 +193,46 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     e = np.take(rays, extent, axis=1) * np.take(depth, extent)
     grasp, interior = interior_pixels(grids, rows, cols, group, starts)
 
-    g_all = np.arange(count)
-    grasp_pixels = flat[grasp]
-    grasp_normals = face_normals(grids, rays, depth, grasp_pixels, g_all, interior[grasp])
     pad = np.zeros((3, 1), dtype=np.float64)
     mean, covariance = _group_moments(np.concatenate([p, pad], axis=1, dtype=np.float64),
                                       np.column_stack([starts, starts + sizes]).ravel())
     principal = np.linalg.eigh(covariance)[1][:, :, ::-1]  # the points' principal axes, largest spread first
+    principal_t = principal.transpose(0, 2, 1).astype(np.float32)
+    q6 = np.empty((6, p.shape[1]), dtype=np.float32)  # the points in the surface's frame, then the principal one
+    q_median = np.empty((count, 3), dtype=np.float32)
+    for g in range(count):
+        part = slice(starts[g], starts[g] + sizes[g])
+        q_median[g] = _median(np.matmul(principal_t[g], p[:, part], out=q6[3:, part]))
+    d = q6[3:] - q_median[group].T
+    nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
+    pixels = flat[np.r_[grasp, nearest]]
+    normals = face_normals(grids, rays, depth, pixels, np.r_[np.arange(count), np.arange(count)],
+                           np.r_[interior[grasp], interior[nearest]])
+    grasp_pixels, grasp_normals = pixels[:count], normals[:count]
     first = np.where(np.isnan(grasp_normals), principal[:, :, 2], grasp_normals)  # the grasp point's face normal
     surface = box_frames(first, sample_normals(p, rows * grids.mask.shape[1] + cols, grids.mask.shape), covariance,
                          group, starts)
-    candidates = np.concatenate([surface, principal], axis=2).transpose(0, 2, 1).astype(np.float32)  # (G, 6, 3)
-
-    q6 = np.empty((6, p.shape[1]), dtype=np.float32)  # the points in both candidate frames, grid by grid
-    median6 = np.empty((count, 6), dtype=np.float32)
+    surface_t = surface.transpose(0, 2, 1).astype(np.float32)
     for g in range(count):
-        part = q6[:, starts[g] : starts[g] + sizes[g]]
-        median6[g] = _median(np.matmul(candidates[g], p[:, starts[g] : starts[g] + sizes[g]], out=part))
+        part = slice(starts[g], starts[g] + sizes[g])
+        np.matmul(surface_t[g], p[:, part], out=q6[:3, part])
     lo = np.minimum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     hi = np.maximum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     if extent.size:
-        qe = np.einsum("nij,jn->in", candidates[extent_group], e)
+        qe = np.einsum("nij,jn->in", np.concatenate([surface_t, principal_t], axis=1)[extent_group], e)
         ext_groups, ext_starts = np.unique(extent_group, return_index=True)
         lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
         hi[ext_groups] = np.maximum(hi[ext_groups], np.maximum.reduceat(qe, ext_starts, axis=1).T)
     # the surface's frame (boxes, cylinders) unless the points' gives a much smaller box (curved parts whose normals
     # do not form a right-angled frame)
     volume = np.prod((hi - lo).reshape(count, 2, 3) + MIN_EXTENT, axis=2)
-    pick = (volume[:, 1] < PRINCIPAL_VOLUME * volume[:, 0]).astype(np.intp)
-    frames = np.where(pick[:, None, None] == 0, surface, principal)
-    rows3 = 3 * pick[:, None] + np.arange(3)
-    lo, hi, q_median = (np.take_along_axis(a, rows3, axis=1) for a in (lo, hi, median6))
-    q = np.where(pick[group] == 0, q6[:3], q6[3:])
-    d = q - q_median[group].T
-    nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
-    normals = face_normals(grids, rays, depth, flat[nearest], g_all, interior[nearest])
+    pick = volume[:, 1] < PRINCIPAL_VOLUME * volume[:, 0]
+    frames = np.where(pick[:, None, None], principal, surface)
+    box = 3 * pick[:, None] + np.arange(3)
+    lo, hi = np.take_along_axis(lo, box, axis=1), np.take_along_axis(hi, box, axis=1)
     grasp_points = np.take(rays, grasp_pixels, axis=1).astype(np.float64).T * \
         np.take(depth, grasp_pixels).astype(np.float64)[:, None]
-    positions = np.einsum("gij,gj->gi", frames, q_median)  # median along the box axes: on flat surfaces
+    positions = np.einsum("gij,gj->gi", principal, q_median)  # median along the principal axes: on flat surfaces
     centers = np.einsum("gij,gj->gi", frames, (lo + hi) / 2)
     rot, size = _box_axes(frames, hi - lo, mean)
     orientations = _quaternions(rot)
@@ -246,7 +250,7 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
             orientation=orientations[g],
             size=size[g],
             box_center=centers[g],
-            normal=normals[g],
+            normal=normals[count + g],
             axis=rot[g, :, 0],
             point_count=n,
             valid_ratio=ratio,
