@@ -13,7 +13,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from semsam_ros.geometry.camera import CameraModel
-from semsam_ros.geometry.frame import box_frames, sample_normals
+from semsam_ros.geometry.frame import box_frames, cross_rows, sample_normals
 from semsam_ros.geometry.grasp import face_normals, first_per_group, interior_pixels
 from semsam_ros.geometry.grids import stack_grids
 from semsam_ros.geometry.inliers import boundary_pixels, full_resolution_inliers, surface_inliers
@@ -211,7 +211,7 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     grasp_pixels, grasp_normals = pixels[:count], normals[:count]
     first = np.where(np.isnan(grasp_normals), principal[:, :, 2], grasp_normals)  # the grasp point's face normal
     surface = box_frames(first, sample_normals(p, rows * grids.mask.shape[1] + cols, grids.mask.shape), covariance,
-                         group, starts)
+                         sizes, starts)
     surface_t = surface.transpose(0, 2, 1).astype(np.float32)
     for g in range(count):
         part = slice(starts[g], starts[g] + sizes[g])
@@ -310,7 +310,7 @@ def _box_axes(frames: np.ndarray, extent: np.ndarray, mean: np.ndarray) -> tuple
     x, z = rot[:, :, 0], rot[:, :, 2]
     x = np.where(np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1) < 0, -x, x)
     z = np.where(np.einsum("gi,gi->g", z, mean)[:, None] > 0, -z, z)
-    return np.stack([x, np.cross(z, x), z], axis=2), np.take_along_axis(extent, order, axis=1)
+    return np.stack([x, cross_rows(z, x), z], axis=2), np.take_along_axis(extent, order, axis=1)
 
 
 def _group_moments(p: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
