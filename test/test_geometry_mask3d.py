@@ -155,8 +155,9 @@ def test_holes_lower_the_valid_ratio_not_the_geometry(mug):
     holes[np.random.default_rng(0).random(depth.shape) < 0.5] = 0.0
     m = mask_to_3d(label == 0, depth_to_meters(holes.astype(np.float32)), CAM)
     assert m.valid_ratio == pytest.approx(0.5, abs=0.03)
-    # statistics of ~400 random points of a 10 x 8 cm side
-    check_body(m, size_tol=(0.002, 0.002, 0.005), axis_deg=2.0, normal_deg=2.0,
+    # statistics of ~400 random points of a 10 x 8 cm side; the normal at the centroid is a fit to the ~12 points
+    # left of the 5 x 5 samples of its centred window
+    check_body(m, size_tol=(0.002, 0.002, 0.005), axis_deg=2.0, normal_deg=2.5,
                position_tol=0.004)
 
 

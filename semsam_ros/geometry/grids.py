@@ -46,8 +46,9 @@ class SampleGrids:
 
     def in_mask(self, rows: np.ndarray, cols: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Whether image pixels (rows, cols), inside the crops of grids ``g``, are mask pixels with valid depth."""
-        y0, x0 = self.y0[g], self.x0[g]
-        return np.take(self.selected, self.crop_starts[g] + (rows - y0) * (self.x1[g] - x0) + (cols - x0))
+        y0, x0 = np.take(self.y0, g), np.take(self.x0, g)
+        return np.take(self.selected, np.take(self.crop_starts, g) + (rows - y0) * (np.take(self.x1, g) - x0) +
+                       (cols - x0))
 
 
 def stack_grids(

@@ -128,32 +128,34 @@ def boundary_pixels(
     extents.
     """
     width, canvas_width = grid.width, inliers.shape[1]
-    flat_inliers = inliers.reshape(-1)
-    nodes = np.flatnonzero(flat_inliers)  # padding surrounds every grid: no neighbour index leaves the canvas
-    neighbours = np.take(flat_inliers, nodes[:, None] + np.array([-canvas_width, canvas_width, -1, 1]))
-    node, side = np.nonzero(~neighbours)  # (inlier, side) pairs, grouped by canvas row; sides: up, down, left, right
+    inner = inliers[1:-1, 1:-1]
+    edge = inner & ~(inliers[:-2, 1:-1] & inliers[2:, 1:-1] & inliers[1:-1, :-2] & inliers[1:-1, 2:])
+    edge_r, edge_c = np.nonzero(edge)  # grouped by canvas row
+    nodes = (edge_r + 1) * canvas_width + edge_c + 1
+    neighbours = np.take(inliers.reshape(-1), nodes[:, None] + np.array([-canvas_width, canvas_width, -1, 1]))
+    node, side = np.nonzero(~neighbours)  # (inlier, side) pairs; sides: up, down, left, right
     back = neighbours[node, side ^ 1]  # the opposite neighbour is an inlier
-    node_r, node_c = np.divmod(nodes[node], canvas_width)
-    g = grid.row_group[node_r]
-    step = grid.steps[g]
+    g = np.take(grid.row_group, np.take(edge_r, node) + 1)
+    step = np.take(grid.steps, g)
     coarse = step > 1
-    node_r, node_c, side, back, g, step = node_r[coarse], node_c[coarse], side[coarse], back[coarse], g[coarse], \
-        step[coarse]
+    node, side, back, g, step = node[coarse], side[coarse], back[coarse], g[coarse], step[coarse]
     if g.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
-    y = grid.row_image[node_r]
-    x = grid.x0[g] + (node_c - 1) * step  # the canvas has one padding column on the left
-    dr, dc = _SIDES[0][side], _SIDES[1][side]
-    node = y * width + x
-    z_back = np.where(back, np.take(depth, np.where(back, node - (dr * width + dc) * step, node)), np.nan)
-    probe = np.repeat(np.arange(g.size), step - 1)  # pixels 1 .. step - 1 beyond each node
-    k = np.arange(probe.size) - np.repeat(np.cumsum(step - 1) - (step - 1), step - 1) + 1
-    g = g[probe]
-    rows = np.minimum(np.maximum(y[probe] + dr[probe] * k, grid.y0[g]), grid.y1[g] - 1)
-    cols = np.minimum(np.maximum(x[probe] + dc[probe] * k, grid.x0[g]), grid.x1[g] - 1)
+    y = np.take(grid.row_image, np.take(edge_r, node) + 1)
+    x = np.take(grid.x0, g) + np.take(edge_c, node) * step  # grid column = canvas column - 1 = edge_c
+    dr, dc = np.take(_SIDES[0], side), np.take(_SIDES[1], side)
+    pixel = y * width + x
+    z_back = np.where(back, np.take(depth, np.where(back, pixel - (dr * width + dc) * step, pixel)), np.nan)
+    count = step - 1  # pixels 1 .. step - 1 beyond each node
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + 1
+    g = np.repeat(g, count)
+    rows = np.minimum(np.maximum(np.repeat(y, count) + np.repeat(dr, count) * k, np.take(grid.y0, g)),
+                      np.take(grid.y1, g) - 1)
+    cols = np.minimum(np.maximum(np.repeat(x, count) + np.repeat(dc, count) * k, np.take(grid.x0, g)),
+                      np.take(grid.x1, g) - 1)
     image = rows * width + cols
-    keep = _on_surface(np.take(depth, image), np.take(depth, node)[probe], z_back[probe], k, step[probe],
-                       tolerance[g])
+    keep = _on_surface(np.take(depth, image), np.repeat(np.take(depth, pixel), count), np.repeat(z_back, count), k,
+                       np.repeat(step, count), np.take(tolerance, g))
     keep &= grid.in_mask(rows, cols, g)
     return image[keep], g[keep]
 

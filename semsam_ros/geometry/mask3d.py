@@ -203,7 +203,7 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     for g in range(count):
         part = slice(starts[g], starts[g] + sizes[g])
         q_median[g] = _median(np.matmul(principal_t[g], p[:, part], out=q6[3:, part]))
-    d = q6[3:] - q_median[group].T
+    d = q6[3:] - np.repeat(q_median.T, sizes, axis=1)
     nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
     pixels = flat[np.r_[grasp, nearest]]
     normals = face_normals(grids, rays, depth, pixels, np.r_[np.arange(count), np.arange(count)],
@@ -219,8 +219,11 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     lo = np.minimum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     hi = np.maximum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     if extent.size:
-        qe = np.einsum("nij,jn->in", np.concatenate([surface_t, principal_t], axis=1)[extent_group], e)
-        ext_groups, ext_starts = np.unique(extent_group, return_index=True)
+        both = np.concatenate([surface_t, principal_t], axis=1)
+        qe = np.empty((6, extent.size), dtype=np.float32)
+        ext_groups, ext_starts, ext_sizes = np.unique(extent_group, return_index=True, return_counts=True)
+        for g, start, size in zip(ext_groups, ext_starts, ext_sizes):
+            np.matmul(both[g], e[:, start : start + size], out=qe[:, start : start + size])
         lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
         hi[ext_groups] = np.maximum(hi[ext_groups], np.maximum.reduceat(qe, ext_starts, axis=1).T)
     # the surface's frame (boxes, cylinders) unless the points' gives a much smaller box (curved parts whose normals
