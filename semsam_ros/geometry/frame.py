@@ -34,17 +34,21 @@ def cross_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sample_normals(p: np.ndarray, canvas_index: np.ndarray, canvas_shape: tuple[int, int]) -> np.ndarray:
-    """(3, N) area-weighted normals of the grid inliers ``p`` (3, N) at flat canvas positions ``canvas_index``:
-    the cross product of the differences between the inliers right and left of each and below and above it (zero
-    where one of the four is not an inlier). Their sign is arbitrary."""
+    """(3, N) area-weighted normals of the grid inliers ``p`` (3, N) at flat canvas positions ``canvas_index``
+    (row-major order): the cross product of the differences between the inliers right and left of each and below
+    and above it (zero where one of the four is not an inlier). Their sign is arbitrary."""
     height, width = canvas_shape
+    n = canvas_index.size
+    normals = np.zeros_like(p)
+    if n < 3:
+        return normals
     index = np.full(height * width, -1, dtype=np.intp)
-    index[canvas_index] = np.arange(canvas_index.size)
-    left, right, up, down = (np.take(index, canvas_index + offset) for offset in (-1, 1, -width, width))
-    ok = (left >= 0) & (right >= 0) & (up >= 0) & (down >= 0)  # padding keeps every offset on the canvas
-    normals = _cross(np.take(p, right, axis=1) - np.take(p, left, axis=1),
-                     np.take(p, down, axis=1) - np.take(p, up, axis=1))
-    normals[:, ~ok] = 0.0
+    index[canvas_index] = np.arange(n)
+    up, down = (np.take(index, canvas_index[1:-1] + offset) for offset in (-width, width))
+    # in row-major order the inliers left and right of inlier i, when there are, are i - 1 and i + 1
+    ok = (canvas_index[2:] - canvas_index[:-2] == 2) & (up >= 0) & (down >= 0)
+    normals[:, 1:-1] = _cross(p[:, 2:] - p[:, :-2], np.take(p, down, axis=1) - np.take(p, up, axis=1))
+    normals[:, 1:-1][:, ~ok] = 0.0
     return normals
 
 
@@ -55,7 +59,7 @@ def box_frames(
     first two fit the area-weighted ``normals`` (3, N) of each group of consecutive samples (``sizes`` of them,
     from ``starts``) to a right-angled frame, or, where they do not determine it, the principal axes of the points'
     ``covariance`` (G, 3, 3) across ``first``."""
-    along = np.einsum("in,in->n", normals, np.repeat(first.T, sizes, axis=1))
+    along = np.einsum("in,in->n", normals, np.repeat(first.T.astype(normals.dtype), sizes, axis=1))
     area = np.sqrt(np.einsum("in,in->n", normals, normals))
     on_face = np.abs(along) >= np.cos(FACE_ANGLE) * area
     face = np.add.reduceat(normals * np.where(on_face, np.sign(along), 0.0), starts, axis=1).T
@@ -65,8 +69,8 @@ def box_frames(
     b1 = cross_rows(first, helper)
     b1 /= np.linalg.norm(b1, axis=1, keepdims=True)
     b2 = cross_rows(first, b1)
-    cu = np.einsum("in,in->n", normals, np.repeat(b1.T, sizes, axis=1))
-    cv = np.einsum("in,in->n", normals, np.repeat(b2.T, sizes, axis=1))
+    cu = np.einsum("in,in->n", normals, np.repeat(b1.T.astype(normals.dtype), sizes, axis=1))
+    cv = np.einsum("in,in->n", normals, np.repeat(b2.T.astype(normals.dtype), sizes, axis=1))
     c2r, c2i = cu * cu - cv * cv, 2 * cu * cv
     scale = (cu * cu + cv * cv) * area
     scale = np.where(scale > 0, scale, np.inf)

@@ -88,14 +88,15 @@ def surface_inliers(
     return (sizes >= np.maximum(keep_fraction * largest[label_group], 1))[pixel_labels] & valid
 
 
-def _on_surface(z: np.ndarray, z_node: np.ndarray, z_back: np.ndarray, k: np.ndarray, step: int,
-                tolerance: float) -> np.ndarray:
-    """Pixels ``k`` pixels beyond a node (depth ``z_node``) away from the node ``step`` pixels back (``z_back``,
-    NaN: none): depth within ``tolerance`` of the node's, or on the line of inverse depth through both nodes."""
+def _on_surface(z: np.ndarray, z_node: np.ndarray, z_back: np.ndarray, fraction: np.ndarray,
+                tolerance: np.ndarray) -> np.ndarray:
+    """Pixels a ``fraction`` of a grid step beyond a node (depth ``z_node``) away from the node one step back
+    (``z_back``, NaN: none): depth within ``tolerance`` of the node's, or on the line of inverse depth through both
+    nodes."""
     with np.errstate(invalid="ignore", divide="ignore"):
         close = np.abs(z - z_node) <= tolerance * z_node
-        slope = (1.0 / z_node - 1.0 / z_back) * (k / step)
-        along = np.abs(1.0 / z - (1.0 / z_node + slope)) <= SLOPE_TOLERANCE * np.abs(slope)
+        slope = (1 / z_node - 1 / z_back) * fraction
+        along = np.abs(1 / z - (1 / z_node + slope)) <= SLOPE_TOLERANCE * np.abs(slope)
     return close | along
 
 
@@ -120,42 +121,45 @@ def full_resolution_inliers(
 def boundary_pixels(
     inliers: np.ndarray, grid: "SampleGrids", depth: np.ndarray, tolerance: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image (flat) indices, and their grid, of the valid mask pixels up to step - 1 beyond a grid inlier, towards
-    each of its 4 grid neighbours that is not an inlier, kept when on the inlier's surface (``_on_surface``).
+    """Image (flat) indices, and their grid, of the valid mask pixels up to step - 1 beyond the outermost inliers
+    of each grid row (left and right) and grid column (up and down), kept when on the inlier's surface
+    (``_on_surface``); grouped by grid.
 
     ``inliers`` is the canvas of ``grid`` (``SampleGrids``); ``depth`` is the flat image, ``tolerance`` the relative
     depth tolerance of each grid. A step-s grid misses up to s - 1 pixels at each side of a mask; these restore the
-    extents.
+    extents (the edges of holes inside a mask never set an extent and are not probed).
     """
     width, canvas_width = grid.width, inliers.shape[1]
-    inner = inliers[1:-1, 1:-1]
-    edge = inner & ~(inliers[:-2, 1:-1] & inliers[2:, 1:-1] & inliers[1:-1, :-2] & inliers[1:-1, 2:])
-    edge_r, edge_c = np.nonzero(edge)  # grouped by canvas row
-    nodes = (edge_r + 1) * canvas_width + edge_c + 1
-    neighbours = np.take(inliers.reshape(-1), nodes[:, None] + np.array([-canvas_width, canvas_width, -1, 1]))
-    node, side = np.nonzero(~neighbours)  # (inlier, side) pairs; sides: up, down, left, right
-    back = neighbours[node, side ^ 1]  # the opposite neighbour is an inlier
-    g = np.take(grid.row_group, np.take(edge_r, node) + 1)
+    across = np.cumsum(inliers, axis=1, dtype=np.int32)
+    down = np.cumsum(inliers, axis=0, dtype=np.int32)
+    row_group = np.maximum(grid.row_group, 0)  # padding rows have no inliers
+    before = np.take(down, grid.offsets - 1, axis=0)  # (G, W): inliers of each column above each grid
+    within = down - np.take(before, row_group, axis=0)
+    column_total = np.take(np.take(down, grid.offsets + grid.heights - 1, axis=0) - before, row_group, axis=0)
+    ends = [within == 1, within == column_total, across == 1, across == across[:, -1:]]  # up, down, left, right
+    nodes = np.flatnonzero(inliers & (ends[0] | ends[1] | ends[2] | ends[3]))  # grouped by canvas row, hence grid
+    node, side = np.nonzero(np.stack([np.take(end.reshape(-1), nodes) for end in ends], axis=1))
+    r, c = np.divmod(np.take(nodes, node), canvas_width)
+    dr, dc = np.take(_SIDES[0], side), np.take(_SIDES[1], side)
+    back = np.take(inliers.reshape(-1), (r - dr) * canvas_width + c - dc)  # the inlier one step back
+    g = np.take(grid.row_group, r)
     step = np.take(grid.steps, g)
     coarse = step > 1
-    node, side, back, g, step = node[coarse], side[coarse], back[coarse], g[coarse], step[coarse]
+    r, c, dr, dc, back, g, step = r[coarse], c[coarse], dr[coarse], dc[coarse], back[coarse], g[coarse], step[coarse]
     if g.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
-    y = np.take(grid.row_image, np.take(edge_r, node) + 1)
-    x = np.take(grid.x0, g) + np.take(edge_c, node) * step  # grid column = canvas column - 1 = edge_c
-    dr, dc = np.take(_SIDES[0], side), np.take(_SIDES[1], side)
+    y = np.take(grid.row_image, r)
+    x = np.take(grid.x0, g) + (c - 1) * step  # the canvas has one padding column on the left
     pixel = y * width + x
     z_back = np.where(back, np.take(depth, np.where(back, pixel - (dr * width + dc) * step, pixel)), np.nan)
     count = step - 1  # pixels 1 .. step - 1 beyond each node
     k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + 1
     g = np.repeat(g, count)
-    rows = np.minimum(np.maximum(np.repeat(y, count) + np.repeat(dr, count) * k, np.take(grid.y0, g)),
-                      np.take(grid.y1, g) - 1)
-    cols = np.minimum(np.maximum(np.repeat(x, count) + np.repeat(dc, count) * k, np.take(grid.x0, g)),
-                      np.take(grid.x1, g) - 1)
+    rows = np.clip(np.repeat(y, count) + np.repeat(dr, count) * k, np.take(grid.y0, g), np.take(grid.y1, g) - 1)
+    cols = np.clip(np.repeat(x, count) + np.repeat(dc, count) * k, np.take(grid.x0, g), np.take(grid.x1, g) - 1)
     image = rows * width + cols
-    keep = _on_surface(np.take(depth, image), np.repeat(np.take(depth, pixel), count), np.repeat(z_back, count), k,
-                       np.repeat(step, count), np.take(tolerance, g))
+    keep = _on_surface(np.take(depth, image), np.repeat(np.take(depth, pixel), count), np.repeat(z_back, count),
+                       (k / np.repeat(step, count)).astype(depth.dtype), np.take(tolerance.astype(depth.dtype), g))
     keep &= grid.in_mask(rows, cols, g)
     return image[keep], g[keep]
 

@@ -94,14 +94,16 @@ def mask_to_3d(
       the same either way.
     """
     options = _Options(min_points, max_points, depth_jump, keep_fraction, return_points)
-    return _masks_to_3d([mask], [bbox], depth_m, camera, options)[0]
+    return _masks_to_3d([mask], [bbox], [None], depth_m, camera, options)[0]
 
 
 def segments_to_3d(
     segments: Sequence[Any], depth_m: np.ndarray, camera: CameraModel, **options: Any
 ) -> list[Mask3D]:
-    """``mask_to_3d`` for each Segment (its ``mask`` and ``bbox``), the fits batched; same keyword options."""
-    return _masks_to_3d([s.mask for s in segments], [s.bbox for s in segments], depth_m, camera, _Options(**options))
+    """``mask_to_3d`` for each Segment (its ``mask``, ``bbox`` and ``area``), the fits batched; same keyword
+    options."""
+    return _masks_to_3d([s.mask for s in segments], [s.bbox for s in segments], [s.area for s in segments], depth_m,
+                        camera, _Options(**options))
 
 
 class _Options(NamedTuple):
@@ -113,8 +115,8 @@ class _Options(NamedTuple):
 
 
 def _masks_to_3d(
-    masks: Sequence[np.ndarray], bboxes: Sequence[Sequence[int] | None], depth_m: np.ndarray,
-    camera: CameraModel, options: _Options,
+    masks: Sequence[np.ndarray], bboxes: Sequence[Sequence[int] | None], areas: Sequence[int | None],
+    depth_m: np.ndarray, camera: CameraModel, options: _Options,
 ) -> list[Mask3D]:
     """Crop and count every mask, then sample, reject outliers and fit all of them at once (per-mask numpy calls
     would dominate: the grids share one canvas, the fits one batch)."""
@@ -133,7 +135,7 @@ def _masks_to_3d(
         valid &= camera.ray_valid
     results: list[Mask3D | None] = [None] * len(masks)
     chosen: list[tuple[int, np.ndarray, tuple[int, int, int, int], int, np.ndarray, int, float]] = []
-    for i, (mask, bbox) in enumerate(zip(masks, bboxes)):
+    for i, (mask, bbox, area) in enumerate(zip(masks, bboxes, areas)):
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != depth_m.shape:
             raise ValueError(
@@ -142,7 +144,7 @@ def _masks_to_3d(
             )
         x0, y0, x1, y1 = mask_bbox(mask) if bbox is None else (int(b) for b in bbox)
         m = mask[y0:y1, x0:x1]
-        area = int(np.count_nonzero(m))
+        area = int(np.count_nonzero(m)) if area is None else int(area)
         if area == 0:
             results[i] = _no_3d(0, 0.0)
             continue
