@@ -24,7 +24,7 @@ _QUADRANTS = np.stack([(_DR <= 0) & (_DC <= 0), (_DR <= 0) & (_DC >= 0), (_DR >=
 def first_per_group(values: np.ndarray, group: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Index of the first smallest value of each group of consecutive elements (groups start at ``starts``)."""
     hit = np.flatnonzero(values == np.take(np.minimum.reduceat(values, starts), group))
-    return hit[np.r_[True, group[hit[1:]] != group[hit[:-1]]]]
+    return hit[np.concatenate(([True], group[hit[1:]] != group[hit[:-1]]))]
 
 
 def interior_pixels(
@@ -50,7 +50,7 @@ def interior_pixels(
             coarse[: part.shape[0], : part.shape[1]] &= part
             coarse[part.shape[0] :] = False  # odd sizes: the missing row or column is outside
             coarse[:, part.shape[1] :] = False
-    sizes = np.diff(np.r_[starts, rows.size])
+    sizes = np.diff(np.append(starts, rows.size))
     step = np.repeat(grids.steps, sizes)
     distance = ndimage.distance_transform_cdt(coarse, metric="chessboard")
     depth = (2.0 * np.take(distance, rows // 2 * distance.shape[1] + cols // 2) + 0.5) * step

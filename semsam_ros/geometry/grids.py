@@ -59,7 +59,7 @@ def stack_grids(
     y1); ``valid[g]`` is the crop's mask pixels with valid depth, ``depth`` the image's depth."""
     shapes = [(-(-(y1 - y0) // s), -(-(x1 - x0) // s)) for (x0, y0, x1, y1), s in zip(crops, steps)]
     heights = np.array([h for h, _ in shapes], dtype=np.intp)
-    offsets = np.cumsum(np.r_[1, heights[:-1] + 1])
+    offsets = np.cumsum(np.append(1, heights[:-1] + 1))
     rows, cols = int(heights.sum()) + len(shapes) + 1, max(w for _, w in shapes) + 2
     canvas_mask = np.zeros((rows, cols), dtype=bool)
     canvas_valid = np.zeros((rows, cols), dtype=bool)
@@ -74,7 +74,7 @@ def stack_grids(
         row_group[r] = g
         row_image[r] = np.arange(y0, y1, s)
     box = np.array(crops, dtype=np.intp).reshape(-1, 4).T
-    crop_starts = np.cumsum(np.r_[0, [v.size for v in valid[:-1]]])
+    crop_starts = np.cumsum([0] + [v.size for v in valid[:-1]])
     return SampleGrids(canvas_mask, canvas_valid, canvas_z, np.array(steps, dtype=np.intp), box[1], box[3], box[0],
                        box[2], offsets, heights, row_group, row_image, depth.shape[1],
                        np.concatenate([v.reshape(-1) for v in valid]), crop_starts.astype(np.intp))

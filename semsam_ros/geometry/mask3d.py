@@ -178,13 +178,14 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     inliers = surface_inliers(grids.mask, grids.valid, grids.z, np.where(grids.row_group >= 0, jump[grids.row_group],
                               1.0), options.keep_fraction, grids.row_group, count)
     rows, cols = np.nonzero(inliers)  # grouped by grid, each in its own row-major order
-    group = grids.row_group[rows]
-    sizes = np.bincount(group, minlength=count)
+    sizes = np.add.reduceat(np.count_nonzero(inliers, axis=1), grids.offsets)  # a grid's rows end at the next's
     if sizes.min() < 4:
         return [None if n < 4 else _NOT_DONE for n in sizes]
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    group = np.repeat(np.arange(count), sizes)
+    starts = np.cumsum(sizes) - sizes
     width = grids.width
-    flat = grids.row_image[rows] * width + grids.x0[group] + (cols - 1) * grids.steps[group]
+    flat = np.take(grids.row_image, rows) * width + np.repeat(grids.x0 - grids.steps, sizes) + \
+        cols * np.repeat(grids.steps, sizes)
     depth = depth_m.reshape(-1)
     rays = camera.rays.reshape(3, -1)
     p = np.take(rays, flat, axis=1) * np.take(depth, flat)  # the inliers on the step grids
@@ -207,9 +208,9 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
         q_median[g] = _median(np.matmul(principal_t[g], p[:, part], out=q6[3:, part]))
     d = q6[3:] - np.repeat(q_median.T, sizes, axis=1)
     nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
-    pixels = flat[np.r_[grasp, nearest]]
-    normals = face_normals(grids, rays, depth, pixels, np.r_[np.arange(count), np.arange(count)],
-                           np.r_[interior[grasp], interior[nearest]])
+    both = np.concatenate([grasp, nearest])
+    pixels = np.take(flat, both)
+    normals = face_normals(grids, rays, depth, pixels, np.tile(np.arange(count), 2), np.take(interior, both))
     grasp_pixels, grasp_normals = pixels[:count], normals[:count]
     first = np.where(np.isnan(grasp_normals), principal[:, :, 2], grasp_normals)  # the grasp point's face normal
     surface = box_frames(first, sample_normals(p, rows * grids.mask.shape[1] + cols, grids.mask.shape), covariance,
@@ -241,6 +242,8 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     centers = np.einsum("gij,gj->gi", frames, (lo + hi) / 2)
     rot, size = _box_axes(frames, hi - lo, mean)
     orientations = _quaternions(rot)
+    grasp_xy = np.stack([grasp_pixels % width, grasp_pixels // width], axis=1).astype(np.float64)
+    axes = rot[:, :, 0].copy()
     out = []
     for g, (_, _, (x0, y0, x1, y1), step, sel, n, ratio) in enumerate(chosen):
         points = None
@@ -256,12 +259,12 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
             size=size[g],
             box_center=centers[g],
             normal=normals[count + g],
-            axis=rot[g, :, 0],
+            axis=axes[g],
             point_count=n,
             valid_ratio=ratio,
             grasp_point=grasp_points[g],
             grasp_normal=grasp_normals[g],
-            grasp_pixel=np.array([grasp_pixels[g] % width, grasp_pixels[g] // width], dtype=np.float64),
+            grasp_pixel=grasp_xy[g],
             points=points,
         ))
     return out
