@@ -2,7 +2,7 @@
 
 Every array starts with a DELETEALL marker (markers of segments gone since the last frame disappear), then for
 each segment with 3D: its oriented box (CUBE, namespace ``<ns>/box``), centroid (SPHERE, ``<ns>/centroid``),
-label (TEXT_VIEW_FACING, ``<ns>/label``: label, segment id and track id), principal axis (ARROW, ``<ns>/axis``)
+label (TEXT_VIEW_FACING, ``<ns>/label``: label, segment id and track id), long axis (ARROW, ``<ns>/axis``)
 and grasp (ARROW from the grasp point against its normal, the approach direction, ``<ns>/grasp``), all with
 marker id = segment id, coloured ``segment_color(segment.id)`` like the overlay image, with a lifetime so that
 they vanish when the node stops publishing.
