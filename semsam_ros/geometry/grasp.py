@@ -55,8 +55,9 @@ def interior_pixels(
     distance = ndimage.distance_transform_cdt(coarse, metric="chessboard")
     depth = (2.0 * np.take(distance, rows // 2 * distance.shape[1] + cols // 2) + 0.5) * step
     near = depth >= np.repeat(np.maximum.reduceat(depth, starts), sizes) - 2 * step
-    n = np.bincount(grids.row_group + 1, weights=np.count_nonzero(mask, axis=1), minlength=len(starts) + 1)[1:]
-    row_weights = np.count_nonzero(mask, axis=1) * (np.arange(h) - grids.offsets[np.maximum(grids.row_group, 0)])
+    per_row = np.count_nonzero(mask, axis=1)
+    n = np.bincount(grids.row_group + 1, weights=per_row, minlength=len(starts) + 1)[1:]
+    row_weights = per_row * (np.arange(h) - np.take(grids.offsets, np.maximum(grids.row_group, 0)))
     mean_r = np.bincount(grids.row_group + 1, weights=row_weights, minlength=len(starts) + 1)[1:] / n
     column_counts = np.add.reduceat(mask, grids.offsets, axis=0, dtype=np.intp)  # grid g: rows offsets[g]...
     mean_c = column_counts @ np.arange(-1, w - 1) / n  # ... to the next grid's (its padding row is empty)

@@ -85,7 +85,7 @@ def surface_inliers(
     label_group = groups[np.searchsorted(np.maximum.accumulate(pixel_labels.max(axis=1)), np.arange(n + 1))]
     largest = np.zeros(n_groups + 1, dtype=sizes.dtype)  # the last entry collects label 0 (grid -1)
     np.maximum.at(largest, label_group, sizes)
-    return (sizes >= np.maximum(keep_fraction * largest[label_group], 1))[pixel_labels] & valid
+    return np.take(sizes >= np.maximum(keep_fraction * largest[label_group], 1), pixel_labels) & valid
 
 
 def _on_surface(z: np.ndarray, z_node: np.ndarray, z_back: np.ndarray, fraction: np.ndarray,
