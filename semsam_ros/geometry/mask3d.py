@@ -208,9 +208,9 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
         q_median[g] = _median(np.matmul(principal_t[g], p[:, part], out=q6[3:, part]))
     d = q6[3:] - np.repeat(q_median.T, sizes, axis=1)
     nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
-    both = np.concatenate([grasp, nearest])
-    pixels = np.take(flat, both)
-    normals = face_normals(grids, rays, depth, pixels, np.tile(np.arange(count), 2), np.take(interior, both))
+    targets = np.concatenate([grasp, nearest])  # the grasp pixel, then the centroid's, of every mask
+    pixels = np.take(flat, targets)
+    normals = face_normals(grids, rays, depth, pixels, np.tile(np.arange(count), 2), np.take(interior, targets))
     grasp_pixels, grasp_normals = pixels[:count], normals[:count]
     first = np.where(np.isnan(grasp_normals), principal[:, :, 2], grasp_normals)  # the grasp point's face normal
     surface = box_frames(first, sample_normals(p, rows * grids.mask.shape[1] + cols, grids.mask.shape), covariance,
@@ -222,11 +222,11 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     lo = np.minimum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     hi = np.maximum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     if extent.size:
-        both = np.concatenate([surface_t, principal_t], axis=1)
+        both_t = np.concatenate([surface_t, principal_t], axis=1)
         qe = np.empty((6, extent.size), dtype=np.float32)
         ext_groups, ext_starts, ext_sizes = np.unique(extent_group, return_index=True, return_counts=True)
         for g, start, size in zip(ext_groups, ext_starts, ext_sizes):
-            np.matmul(both[g], e[:, start : start + size], out=qe[:, start : start + size])
+            np.matmul(both_t[g], e[:, start : start + size], out=qe[:, start : start + size])
         lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
         hi[ext_groups] = np.maximum(hi[ext_groups], np.maximum.reduceat(qe, ext_starts, axis=1).T)
     # the surface's frame (boxes, cylinders) unless the points' gives a much smaller box (curved parts whose normals
