@@ -24,39 +24,26 @@ from semsam_ros.geometry import CameraModel, mask_to_3d  # noqa: E402
 K = np.array([[525.0, 0.0, 319.5], [0.0, 525.0, 239.5], [0.0, 0.0, 1.0]])
 CAMERA = CameraModel(K, 640, 480)
 RAYS = gs.pixel_rays(K, 640, 480)
-HALF = np.array([0.06, 0.035, 0.0375])
-RADIUS, HEIGHT = 0.04, 0.12
-
-
-def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(min(1.0, abs(a @ b) / np.linalg.norm(a) / np.linalg.norm(b)))))
 
 
 def errors(shape: str, turn: float, elevation: float, distance: float, noise: float, max_points: int,
            rng: np.random.Generator) -> tuple[float, float]:
     """(worst axis angle in degrees, worst size error in mm) of one scene."""
-    right, forward, up = gs.table_frame(elevation)
-    centre = np.array([0.0, 0.0, distance])
-    edges = np.column_stack([right, forward, up]) @ gs.rotation([0.0, 0.0, 1.0], np.radians(turn))
-    if shape == "box":
-        base, obj = centre - HALF[2] * up, gs.hit_box(RAYS, centre, edges, HALF)
-    else:
-        base = centre - HEIGHT / 2 * up
-        obj = gs.hit_cylinder(RAYS, base, up, RADIUS, HEIGHT)
-    depth, label = gs.compose(obj, gs.hit_plane(RAYS, up, base))
-    depth = depth + rng.normal(0.0, noise, depth.shape) * depth**2 if noise else depth
-    m = mask_to_3d(label == 0, depth.astype(np.float32), CAMERA, max_points=max_points)
+    depth, mask, axes = gs.tabletop(RAYS, shape, elevation, distance, turn)
+    depth = depth + rng.normal(0.0, noise, depth.shape).astype(np.float32) * depth**2 if noise else depth
+    m = mask_to_3d(mask, depth, CAMERA, max_points=max_points)
     r = m.rotation
     if shape == "box":
-        match = [int(np.argmax(np.abs(r[:, i] @ edges))) for i in range(3)]
-        return (max(angle_deg(r[:, i], edges[:, match[i]]) for i in range(3)),
-                1000 * max(abs(m.size[i] - 2 * HALF[match[i]]) for i in range(3)))
+        match = [int(np.argmax(np.abs(r[:, i] @ axes))) for i in range(3)]
+        return (max(gs.line_angle_deg(r[:, i], axes[:, match[i]]) for i in range(3)),
+                1000 * max(abs(m.size[i] - 2 * gs.BOX_HALF[match[i]]) for i in range(3)))
+    up = axes[:, 0]
     along = int(np.argmax(np.abs(r.T @ up)))
     across, view = sorted((j for j in range(3) if j != along), key=lambda j: abs(r[2, j]))
-    sizes = [abs(m.size[along] - HEIGHT), abs(m.size[across] - 2 * RADIUS)]
+    sizes = [abs(m.size[along] - gs.CAN_HEIGHT), abs(m.size[across] - 2 * gs.CAN_RADIUS)]
     if elevation >= 30:
-        sizes.append(abs(m.size[view] - 2 * RADIUS))
-    return angle_deg(r[:, along], up), 1000 * max(sizes)
+        sizes.append(abs(m.size[view] - 2 * gs.CAN_RADIUS))
+    return gs.line_angle_deg(r[:, along], up), 1000 * max(sizes)
 
 
 def main() -> None:

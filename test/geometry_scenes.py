@@ -158,3 +158,31 @@ def table_frame(elevation_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarra
     up = np.array([0.0, -np.cos(e), -np.sin(e)])
     forward = np.array([0.0, -np.sin(e), np.cos(e)])
     return np.cross(forward, up), forward, up
+
+
+BOX_HALF = np.array([0.06, 0.035, 0.0375])  # a 12 x 7 x 7.5 cm box
+CAN_RADIUS, CAN_HEIGHT = 0.04, 0.12  # an upright can
+
+
+def tabletop(rays: np.ndarray, shape: str, elevation: float, distance: float,
+             turn: float = 30.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth (float32 m) and mask of a ``BOX_HALF`` box (turned ``turn`` degrees on the table) or a can, centred
+    on the optical axis at ``distance``, on a table seen from ``elevation`` degrees above its plane; and the
+    object's true axes (box: its edges; can: its axis in every column)."""
+    right, forward, up = table_frame(elevation)
+    centre = np.array([0.0, 0.0, distance])
+    if shape == "box":
+        axes = np.column_stack([right, forward, up]) @ rotation([0.0, 0.0, 1.0], np.radians(turn))
+        base, obj = centre - BOX_HALF[2] * up, hit_box(rays, centre, axes, BOX_HALF)
+    else:
+        axes = np.column_stack([up, up, up])
+        base = centre - CAN_HEIGHT / 2 * up
+        obj = hit_cylinder(rays, base, up, CAN_RADIUS, CAN_HEIGHT)
+    depth, label = compose(obj, hit_plane(rays, up, base))
+    return depth.astype(np.float32), label == 0, axes
+
+
+def line_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between two lines (directions, sign ignored) in degrees."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.degrees(np.arccos(min(1.0, abs(a @ b) / np.linalg.norm(a) / np.linalg.norm(b)))))

@@ -13,30 +13,12 @@ K = np.array([[525.0, 0.0, 319.5], [0.0, 525.0, 239.5], [0.0, 0.0, 1.0]])
 W, H = 640, 480
 CAM = CameraModel(K, W, H)
 RAYS = gs.pixel_rays(K, W, H)
-HALF = np.array([0.06, 0.035, 0.0375])  # a 12 x 7 x 7.5 cm box
-RADIUS, HEIGHT = 0.04, 0.12  # an upright can
-
-
-def angle_deg(a, b):
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float(np.degrees(np.arccos(min(1.0, abs(a @ b) / np.linalg.norm(a) / np.linalg.norm(b)))))
+HALF, RADIUS, HEIGHT = gs.BOX_HALF, gs.CAN_RADIUS, gs.CAN_HEIGHT
+angle_deg = gs.line_angle_deg
 
 
 def tabletop(shape, elevation, distance, turn=30.0):
-    """Depth (float32 m) and mask of a box (turned ``turn`` degrees on the table) or a can, centred on the optical
-    axis at ``distance``, on a table seen from ``elevation`` degrees above its plane; and the object's true axes
-    (box: its edges; can: its axis in every column)."""
-    right, forward, up = gs.table_frame(elevation)
-    centre = np.array([0.0, 0.0, distance])
-    if shape == "box":
-        rot = np.column_stack([right, forward, up]) @ gs.rotation([0.0, 0.0, 1.0], np.radians(turn))
-        base, obj = centre - HALF[2] * up, gs.hit_box(RAYS, centre, rot, HALF)
-    else:
-        rot = np.column_stack([up, up, up])
-        base = centre - HEIGHT / 2 * up
-        obj = gs.hit_cylinder(RAYS, base, up, RADIUS, HEIGHT)
-    depth, label = gs.compose(obj, gs.hit_plane(RAYS, up, base))
-    return depth.astype(np.float32), label == 0, rot
+    return gs.tabletop(RAYS, shape, elevation, distance, turn)
 
 
 @pytest.mark.parametrize("distance", [0.3, 1.0, 3.0])

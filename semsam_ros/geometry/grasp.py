@@ -109,7 +109,6 @@ def face_normals(
     return np.where((np.einsum("ki,ik->k", normal, centre) > 0)[:, None], -normal, normal)
 
 
-
 def _smallest_eigenvalues(m: np.ndarray) -> np.ndarray:
     """Smallest eigenvalue of symmetric 3x3 matrices given as (..., 6) entries xx, yy, zz, xy, xz, yz, in closed
     form (the trigonometric solution of the characteristic cubic; numpy.linalg costs ~1 us a matrix)."""

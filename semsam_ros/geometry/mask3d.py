@@ -202,10 +202,8 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     principal = np.linalg.eigh(covariance)[1][:, :, ::-1]  # the points' principal axes, largest spread first
     principal_t = principal.transpose(0, 2, 1).astype(np.float32)
     q6 = np.empty((6, p.shape[1]), dtype=np.float32)  # the points in the surface's frame, then the principal one
-    q_median = np.empty((count, 3), dtype=np.float32)
-    for g in range(count):
-        part = slice(starts[g], starts[g] + sizes[g])
-        q_median[g] = _median(np.matmul(principal_t[g], p[:, part], out=q6[3:, part]))
+    _in_frames(principal_t, p, range(count), starts, sizes, q6[3:])
+    q_median = np.stack([_median(q6[3:, start : start + size]) for start, size in zip(starts, sizes)])
     d = q6[3:] - np.repeat(q_median.T, sizes, axis=1)
     nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
     targets = np.concatenate([grasp, nearest])  # the grasp pixel, then the centroid's, of every mask
@@ -216,17 +214,13 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     surface = box_frames(first, sample_normals(p, rows * grids.mask.shape[1] + cols, grids.mask.shape), covariance,
                          sizes, starts)
     surface_t = surface.transpose(0, 2, 1).astype(np.float32)
-    for g in range(count):
-        part = slice(starts[g], starts[g] + sizes[g])
-        np.matmul(surface_t[g], p[:, part], out=q6[:3, part])
+    _in_frames(surface_t, p, range(count), starts, sizes, q6[:3])
     lo = np.minimum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     hi = np.maximum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     if extent.size:
-        both_t = np.concatenate([surface_t, principal_t], axis=1)
-        qe = np.empty((6, extent.size), dtype=np.float32)
         ext_groups, ext_starts, ext_sizes = np.unique(extent_group, return_index=True, return_counts=True)
-        for g, start, size in zip(ext_groups, ext_starts, ext_sizes):
-            np.matmul(both_t[g], e[:, start : start + size], out=qe[:, start : start + size])
+        qe = _in_frames(np.concatenate([surface_t, principal_t], axis=1), e, ext_groups, ext_starts, ext_sizes,
+                        np.empty((6, extent.size), dtype=np.float32))
         lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
         hi[ext_groups] = np.maximum(hi[ext_groups], np.maximum.reduceat(qe, ext_starts, axis=1).T)
     # the surface's frame (boxes, cylinders) unless the points' gives a much smaller box (curved parts whose normals
@@ -301,6 +295,15 @@ def transform(m: Mask3D, t: np.ndarray) -> Mask3D:
 def _no_3d(count: int, ratio: float) -> Mask3D:
     nan3 = _NAN3.copy()
     return Mask3D(False, nan3, np.full(4, np.nan), nan3.copy(), nan3.copy(), nan3.copy(), nan3.copy(), count, ratio)
+
+
+def _in_frames(frames_t: np.ndarray, points: np.ndarray, groups: Sequence[int], starts: Sequence[int],
+               sizes: Sequence[int], out: np.ndarray) -> np.ndarray:
+    """``out``, holding each run of columns of ``points`` (3, N) (``sizes[i]`` of them from ``starts[i]``) in the
+    frame whose rows are ``frames_t[groups[i]]`` (G, k, 3)."""
+    for g, start, size in zip(groups, starts, sizes):
+        np.matmul(frames_t[g], points[:, start : start + size], out=out[:, start : start + size])
+    return out
 
 
 def _median(a: np.ndarray) -> np.ndarray:
