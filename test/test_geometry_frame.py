@@ -3,7 +3,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from semsam_ros.geometry.frame import box_frames, sample_normals
-from semsam_ros.geometry.grasp import _PRODUCTS, _smallest_eigenvalues
+from semsam_ros.geometry.grasp import _PRODUCTS, _smallest_eigenvalues, _smallest_eigenvectors
 
 
 def face_normals_of(rot, areas, rng, noise=0.0):
@@ -81,3 +81,18 @@ def test_closed_form_smallest_eigenvalue_matches_lapack():
     cov = np.einsum("kni,knj->kij", x, x) / 40
     six = cov[:, _PRODUCTS[0], _PRODUCTS[1]]
     np.testing.assert_allclose(_smallest_eigenvalues(six), np.linalg.eigvalsh(cov)[:, 0], rtol=1e-6, atol=1e-15)
+
+
+def test_closed_form_smallest_eigenvector_matches_lapack_and_survives_a_line():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 40, 3)) * np.array([0.05, 0.03, 1e-4])  # thin slabs: plane fits
+    x[:5] *= np.array([1.0, 0.0, 0.0])  # points on a line: the normal is any direction across it
+    x = x @ np.stack([np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(300)])
+    cov = np.einsum("kni,knj->kij", x, x) / 40
+    six = cov[:, _PRODUCTS[0], _PRODUCTS[1]]
+    vectors = _smallest_eigenvectors(six, _smallest_eigenvalues(six))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-12)
+    expected = np.linalg.eigh(cov[5:])[1][:, :, 0]
+    np.testing.assert_allclose(np.abs(np.einsum("ki,ki->k", vectors[5:], expected)), 1.0, atol=1e-9)
+    line = np.linalg.eigh(cov[:5])[1][:, :, 2]
+    np.testing.assert_allclose(np.einsum("ki,ki->k", vectors[:5], line), 0.0, atol=1e-9)

@@ -48,7 +48,7 @@ def sample_normals(p: np.ndarray, canvas_index: np.ndarray, canvas_shape: tuple[
     # in row-major order the inliers left and right of inlier i, when there are, are i - 1 and i + 1
     ok = (canvas_index[2:] - canvas_index[:-2] == 2) & (up >= 0) & (down >= 0)
     normals[:, 1:-1] = _cross(p[:, 2:] - p[:, :-2], np.take(p, down, axis=1) - np.take(p, up, axis=1))
-    normals[:, 1:-1][:, ~ok] = 0.0
+    normals[:, 1:-1] *= ok
     return normals
 
 

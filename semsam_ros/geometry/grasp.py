@@ -53,7 +53,7 @@ def interior_pixels(
     sizes = np.diff(np.append(starts, rows.size))
     step = np.repeat(grids.steps, sizes)
     distance = ndimage.distance_transform_cdt(coarse, metric="chessboard")
-    depth = (2.0 * np.take(distance, rows // 2 * distance.shape[1] + cols // 2) + 0.5) * step
+    depth = (2.0 * np.take(distance, (rows >> 1) * distance.shape[1] + (cols >> 1)) + 0.5) * step
     near = depth >= np.repeat(np.maximum.reduceat(depth, starts), sizes) - 2 * step
     per_row = np.count_nonzero(mask, axis=1)
     n = np.bincount(grids.row_group + 1, weights=per_row, minlength=len(starts) + 1)[1:]
@@ -99,12 +99,12 @@ def face_normals(
     mean = weights @ p
     second = weights @ (p[:, :, _PRODUCTS[0]] * p[:, :, _PRODUCTS[1]])  # (K, 5, 6): xx, yy, zz, xy, xz, yz
     second -= mean[..., _PRODUCTS[0]] * mean[..., _PRODUCTS[1]]
-    covariance = second[..., _SYMMETRIC]  # (K, 5, 3, 3)
-    residual = np.where(n < 6, np.inf, _smallest_eigenvalues(second))  # (K, 5): four corner windows, then centred
+    smallest = _smallest_eigenvalues(second)
+    residual = np.where(n < 6, np.inf, smallest)  # (K, 5): four corner windows, then centred
     best = np.argmin(residual[:, :4], axis=1)
     k = np.arange(flat.size)
     best[residual[:, 4] <= CENTRED_RESIDUAL * residual[k, best] + _RESIDUAL_FLOOR] = 4
-    normal = np.linalg.eigh(covariance[k, best])[1][:, :, 0]
+    normal = _smallest_eigenvectors(second[k, best], smallest[k, best])
     normal[n.max(axis=1) < 6] = np.nan
     return np.where((np.einsum("ki,ik->k", normal, centre) > 0)[:, None], -normal, normal)
 
@@ -112,7 +112,7 @@ def face_normals(
 def _smallest_eigenvalues(m: np.ndarray) -> np.ndarray:
     """Smallest eigenvalue of symmetric 3x3 matrices given as (..., 6) entries xx, yy, zz, xy, xz, yz, in closed
     form (the trigonometric solution of the characteristic cubic; numpy.linalg costs ~1 us a matrix)."""
-    xx, yy, zz, xy, xz, yz = np.moveaxis(m, -1, 0)
+    xx, yy, zz, xy, xz, yz = (m[..., i] for i in range(6))
     q = (xx + yy + zz) / 3
     a, b, c = xx - q, yy - q, zz - q
     off = xy * xy + xz * xz + yz * yz
@@ -120,3 +120,24 @@ def _smallest_eigenvalues(m: np.ndarray) -> np.ndarray:
     det = a * (b * c - yz * yz) - xy * (xy * c - yz * xz) + xz * (xy * yz - b * xz)
     half = np.clip(det / (2 * np.where(p > 0, p, 1.0) ** 3), -1.0, 1.0)
     return q + 2 * p * np.cos(np.arccos(half) / 3 + 2 * np.pi / 3)
+
+
+def _smallest_eigenvectors(m: np.ndarray, smallest: np.ndarray) -> np.ndarray:
+    """(K, 3) unit eigenvectors of the (K, 6) symmetric matrices (as in ``_smallest_eigenvalues``) for their
+    eigenvalues ``smallest`` (K,): the longest of the cross products of two rows of m - smallest * I, which are
+    all along it (numpy.linalg.eigh costs ~1 us a matrix). Where no two rows span a plane (a double eigenvalue,
+    e.g. points on a line) the direction is not defined and numpy.linalg.eigh picks one."""
+    xx, yy, zz, xy, xz, yz = m.T
+    a, b, c = xx - smallest, yy - smallest, zz - smallest
+    crosses = np.array([[xy * yz - xz * b, xz * xy - a * yz, a * b - xy * xy],  # rows 0 x 1, 0 x 2, 1 x 2
+                        [xy * c - xz * yz, xz * xz - a * c, a * yz - xy * xz],
+                        [b * c - yz * yz, yz * xz - xy * c, xy * yz - b * xz]])  # (3 pairs, 3, K)
+    norms = np.einsum("pik,pik->pk", crosses, crosses)
+    pick = norms.argmax(axis=0)
+    k = np.arange(m.shape[0])
+    vectors, norm = crosses.transpose(2, 0, 1)[k, pick], np.sqrt(norms[pick, k])
+    degenerate = norm <= 1e-6 * (a * a + b * b + c * c + 2 * (xy * xy + xz * xz + yz * yz))
+    if degenerate.any():
+        vectors[degenerate] = np.linalg.eigh(m[degenerate][:, _SYMMETRIC])[1][:, :, 0]
+        norm[degenerate] = 1.0
+    return vectors / norm[:, None]

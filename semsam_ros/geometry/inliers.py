@@ -33,23 +33,20 @@ def _continues(d: np.ndarray, tol: float) -> np.ndarray:
     return before | after
 
 
-def _linked(z: np.ndarray, log_z: np.ndarray, axis: int, limit: np.ndarray) -> np.ndarray:
-    """Links between neighbours along ``axis`` of depth ``z`` (NaN: not a node) with logarithm ``log_z``: small
-    jump (|log z step| <= ``limit``, broadcast against the steps) or surface-following."""
-    with np.errstate(invalid="ignore"):
-        step = np.abs(np.diff(log_z, axis=axis))
-        small = step <= limit  # |dz| <= jump * min(z1, z2)
-        if not (step > limit).any():
-            return small
+def _follows(z: np.ndarray, axis: int) -> np.ndarray:
+    """Links between neighbours along ``axis`` of depth ``z`` (NaN: not a node) whose step continues the surface
+    on one side (equal inverse-depth steps, ``_continues``)."""
     w = np.moveaxis(1.0 / z, axis, -1)
-    return small | np.moveaxis(_continues(np.diff(w, axis=-1), SLOPE_TOLERANCE), -1, axis)
+    with np.errstate(invalid="ignore"):
+        return np.moveaxis(_continues(np.diff(w, axis=-1), SLOPE_TOLERANCE), -1, axis)
 
 
 def surface_inliers(
     mask: np.ndarray, valid: np.ndarray, z: np.ndarray, jump: np.ndarray, keep_fraction: float,
     groups: np.ndarray, n_groups: int,
 ) -> np.ndarray:
-    """Valid pixels of sample grids in their large surface-connected regions (4-neighbours linked by ``_linked``).
+    """Valid pixels of sample grids in their large surface-connected regions (4-neighbours linked by a small depth
+    jump, |dz| <= ``jump`` * min(z1, z2), or by a step that continues the surface, ``_follows``).
 
     The grids of several masks are stacked along the rows of one canvas, each followed by a row without nodes and
     with a column without nodes first and last; ``groups`` (H,) gives each canvas row's grid (-1: none) and
@@ -60,16 +57,23 @@ def surface_inliers(
     pixels only.
     """
     h, w = valid.shape
-    last = np.where(valid, np.arange(w, dtype=np.int32), np.int32(0))
+    last = valid * np.arange(w, dtype=np.int32)
     np.maximum.accumulate(last, axis=1, out=last)
     nodes = mask & (last > 0)  # column 0 is padding: 0 means no valid pixel to the left
     last += np.arange(0, h * w, w, dtype=np.int32)[:, None]
     zn = np.where(nodes, np.take(z, last), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         log_z = np.log(zn)
-    limit = np.log1p(jump)[:, None]
-    across, down = _linked(zn, log_z, 1, limit), _linked(zn, log_z, 0, limit[:-1])
-    if (across < (nodes[:, :-1] & nodes[:, 1:])).any() or (down < (nodes[:-1] & nodes[1:])).any():
+        limit = np.log1p(jump)[:, None]
+        across = np.abs(np.diff(log_z, axis=1)) <= limit
+        down = np.abs(np.diff(log_z, axis=0)) <= limit[:-1]
+    pairs_across, pairs_down = nodes[:, :-1] & nodes[:, 1:], nodes[:-1] & nodes[1:]
+    cut_across, cut_down = (across < pairs_across).any(), (down < pairs_down).any()
+    if cut_across:
+        across |= _follows(zn, 1)
+    if cut_down:
+        down |= _follows(zn, 0)
+    if (cut_across and (across < pairs_across).any()) or (cut_down and (down < pairs_down).any()):
         links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)  # a link implies its two nodes
         links[::2, ::2] = nodes
         links[::2, 1::2] = across
@@ -78,7 +82,7 @@ def surface_inliers(
         pixel_labels = labels[::2, ::2]
     else:  # no neighbours unlinked: the regions are those of the nodes
         pixel_labels, n = ndimage.label(nodes, structure=_FOUR_NEIGHBOURS)
-    sizes = np.bincount(pixel_labels[valid], minlength=n + 1)
+    sizes = np.bincount((pixel_labels * valid).reshape(-1), minlength=n + 1)
     sizes[0] = 0
     # labels are numbered in row order and no region spans two grids: a label's grid is that of the first row
     # whose labels reach it
@@ -129,25 +133,28 @@ def boundary_pixels(
     depth tolerance of each grid. A step-s grid misses up to s - 1 pixels at each side of a mask; these restore the
     extents (the edges of holes inside a mask never set an extent and are not probed).
     """
-    width, canvas_width = grid.width, inliers.shape[1]
-    across = np.cumsum(inliers, axis=1, dtype=np.int32)
-    down = np.cumsum(inliers, axis=0, dtype=np.int32)
-    row_group = np.maximum(grid.row_group, 0)  # padding rows have no inliers
-    before = np.take(down, grid.offsets - 1, axis=0)  # (G, W): inliers of each column above each grid
-    within = down - np.take(before, row_group, axis=0)
-    column_total = np.take(np.take(down, grid.offsets + grid.heights - 1, axis=0) - before, row_group, axis=0)
-    ends = [within == 1, within == column_total, across == 1, across == across[:, -1:]]  # up, down, left, right
-    nodes = np.flatnonzero(inliers & (ends[0] | ends[1] | ends[2] | ends[3]))  # grouped by canvas row, hence grid
-    node, side = np.nonzero(np.stack([np.take(end.reshape(-1), nodes) for end in ends], axis=1))
-    r, c = np.divmod(np.take(nodes, node), canvas_width)
-    dr, dc = np.take(_SIDES[0], side), np.take(_SIDES[1], side)
-    back = np.take(inliers.reshape(-1), (r - dr) * canvas_width + c - dc)  # the inlier one step back
-    g = np.take(grid.row_group, r)
-    step = np.take(grid.steps, g)
-    coarse = step > 1
-    r, c, dr, dc, back, g, step = r[coarse], c[coarse], dr[coarse], dc[coarse], back[coarse], g[coarse], step[coarse]
+    width, (height, canvas_width) = grid.width, inliers.shape
+    coarse_rows = np.flatnonzero(inliers.any(axis=1) & (np.take(grid.steps, np.maximum(grid.row_group, 0)) > 1))
+    left = np.take(np.argmax(inliers, axis=1), coarse_rows)
+    right = canvas_width - 1 - np.take(np.argmax(inliers[:, ::-1], axis=1), coarse_rows)
+    row = np.arange(1, height + 1, dtype=np.int32)[:, None]  # 1-based: 0 is no inlier in a grid's column
+    # (G, W) first and last inlier rows of each grid column (a grid's rows end at the next grid's)
+    top = height - np.maximum.reduceat(inliers * (height + 1 - row), grid.offsets, axis=0)
+    bottom = np.maximum.reduceat(inliers * row, grid.offsets, axis=0) - 1
+    top_g, top_c = np.nonzero((bottom >= 0) & (grid.steps > 1)[:, None])
+    n_rows, n_columns = coarse_rows.size, top_g.size
+    r = np.concatenate([top[top_g, top_c], bottom[top_g, top_c], coarse_rows, coarse_rows])
+    c = np.concatenate([top_c, top_c, left, right])
+    side = np.repeat(np.arange(4), [n_columns, n_columns, n_rows, n_rows])
+    row_g = np.take(grid.row_group, coarse_rows)
+    g = np.concatenate([top_g, top_g, row_g, row_g])
     if g.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    order = np.argsort(g, kind="stable")  # grouped by grid
+    r, c, side, g = np.take(r, order), np.take(c, order), np.take(side, order), np.take(g, order)
+    dr, dc = np.take(_SIDES[0], side), np.take(_SIDES[1], side)
+    back = np.take(inliers.reshape(-1), (r - dr) * canvas_width + c - dc)  # the inlier one step back
+    step = np.take(grid.steps, g)
     y = np.take(grid.row_image, r)
     x = np.take(grid.x0, g) + (c - 1) * step  # the canvas has one padding column on the left
     pixel = y * width + x

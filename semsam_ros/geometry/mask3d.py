@@ -177,8 +177,12 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     jump = options.depth_jump * grids.steps
     inliers = surface_inliers(grids.mask, grids.valid, grids.z, np.where(grids.row_group >= 0, jump[grids.row_group],
                               1.0), options.keep_fraction, grids.row_group, count)
-    rows, cols = np.nonzero(inliers)  # grouped by grid, each in its own row-major order
-    sizes = np.add.reduceat(np.count_nonzero(inliers, axis=1), grids.offsets)  # a grid's rows end at the next's
+    canvas_height, canvas_width = inliers.shape
+    canvas_index = np.flatnonzero(inliers)  # grouped by grid, each in its own row-major order
+    rows = canvas_index // canvas_width
+    cols = canvas_index - rows * canvas_width
+    # a grid's rows end at the next grid's
+    sizes = np.diff(np.searchsorted(canvas_index, np.append(grids.offsets, canvas_height) * canvas_width))
     if sizes.min() < 4:
         return [None if n < 4 else _NOT_DONE for n in sizes]
     group = np.repeat(np.arange(count), sizes)
@@ -211,7 +215,7 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     normals = face_normals(grids, rays, depth, pixels, np.tile(np.arange(count), 2), np.take(interior, targets))
     grasp_pixels, grasp_normals = pixels[:count], normals[:count]
     first = np.where(np.isnan(grasp_normals), principal[:, :, 2], grasp_normals)  # the grasp point's face normal
-    surface = box_frames(first, sample_normals(p, rows * grids.mask.shape[1] + cols, grids.mask.shape), covariance,
+    surface = box_frames(first, sample_normals(p, canvas_index, inliers.shape), covariance,
                          sizes, starts)
     surface_t = surface.transpose(0, 2, 1).astype(np.float32)
     _in_frames(surface_t, p, range(count), starts, sizes, q6[:3])
