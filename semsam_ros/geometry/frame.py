@@ -62,7 +62,7 @@ def box_frames(
     along = np.einsum("in,in->n", normals, np.repeat(first.T.astype(normals.dtype), sizes, axis=1))
     area = np.sqrt(np.einsum("in,in->n", normals, normals))
     on_face = np.abs(along) >= np.cos(FACE_ANGLE) * area
-    face = np.add.reduceat(normals * np.where(on_face, np.sign(along), 0.0), starts, axis=1).T
+    face = np.add.reduceat(normals * (np.sign(along) * on_face), starts, axis=1).T
     length = np.linalg.norm(face, axis=1, keepdims=True)
     first = np.where(length > 0, face / np.where(length > 0, length, 1.0), first)
     helper = np.where(np.abs(first[:, :1]) < 0.9, np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
@@ -72,10 +72,9 @@ def box_frames(
     cu = np.einsum("in,in->n", normals, np.repeat(b1.T.astype(normals.dtype), sizes, axis=1))
     cv = np.einsum("in,in->n", normals, np.repeat(b2.T.astype(normals.dtype), sizes, axis=1))
     c2r, c2i = cu * cu - cv * cv, 2 * cu * cv
-    scale = (cu * cu + cv * cv) * area
-    scale = np.where(scale > 0, scale, np.inf)
-    fourth_r = np.add.reduceat((c2r * c2r - c2i * c2i) / scale, starts)
-    fourth_i = np.add.reduceat(2 * c2r * c2i / scale, starts)
+    inverse = 1 / np.maximum((cu * cu + cv * cv) * area, np.finfo(cu.dtype).tiny)  # c = 0: c^4 = 0
+    fourth_r = np.add.reduceat((c2r * c2r - c2i * c2i) * inverse, starts)
+    fourth_i = np.add.reduceat(2 * c2r * c2i * inverse, starts)
     strength = np.hypot(fourth_r, fourth_i) / np.maximum(np.add.reduceat(area, starts), 1e-300)
     angle = np.arctan2(fourth_i, fourth_r) / 4
     c11 = np.einsum("gi,gij,gj->g", b1, covariance, b1)
