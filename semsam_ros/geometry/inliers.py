@@ -57,11 +57,14 @@ def surface_inliers(
     pixels only.
     """
     h, w = valid.shape
-    last = valid * np.arange(w, dtype=np.int32)
-    np.maximum.accumulate(last, axis=1, out=last)
-    nodes = mask & (last > 0)  # column 0 is padding: 0 means no valid pixel to the left
-    last += np.arange(0, h * w, w, dtype=np.int32)[:, None]
-    zn = np.where(nodes, np.take(z, last), np.nan)
+    first_valid = np.where(valid.any(axis=1), np.argmax(valid, axis=1), w)
+    nodes = mask & (np.arange(w) >= first_valid[:, None])  # mask pixels with a valid pixel at or left of them
+    valid_index = np.flatnonzero(valid)
+    holes = np.flatnonzero(nodes > valid)
+    zn = np.full(h * w, np.nan, dtype=z.dtype)
+    zn[valid_index] = np.take(z, valid_index)
+    zn[holes] = np.take(z, np.take(valid_index, np.searchsorted(valid_index, holes) - 1))  # same row: a node's
+    zn = zn.reshape(h, w)
     with np.errstate(invalid="ignore", divide="ignore"):
         log_z = np.log(zn)
         limit = np.log1p(jump)[:, None]
@@ -82,7 +85,7 @@ def surface_inliers(
         pixel_labels = labels[::2, ::2]
     else:  # no neighbours unlinked: the regions are those of the nodes
         pixel_labels, n = ndimage.label(nodes, structure=_FOUR_NEIGHBOURS)
-    sizes = np.bincount((pixel_labels * valid).reshape(-1), minlength=n + 1)
+    sizes = np.bincount(np.take(pixel_labels, valid_index), minlength=n + 1)
     sizes[0] = 0
     # labels are numbered in row order and no region spans two grids: a label's grid is that of the first row
     # whose labels reach it

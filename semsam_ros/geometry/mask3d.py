@@ -243,28 +243,19 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     grasp_xy = np.stack([grasp_pixels % width, grasp_pixels // width], axis=1).astype(np.float64)
     axes = rot[:, :, 0].copy()
     out = []
-    for g, (_, _, (x0, y0, x1, y1), step, sel, n, ratio) in enumerate(chosen):
+    per_mask = zip(positions, orientations, size, centers, normals[count:], axes, grasp_points, grasp_normals,
+                   grasp_xy)
+    for g, ((_, _, (x0, y0, x1, y1), step, sel, n, ratio), fields) in enumerate(zip(chosen, per_mask)):
         points = None
         if options.return_points:  # never used for the statistics: they do not depend on it
             z = depth_m[y0:y1, x0:x1]
             full = full_resolution_inliers(sel, z, grids.grid(inliers, g), step,
                                            options.depth_jump * step * math.sqrt(2))
             points = (camera.rays[:, y0:y1, x0:x1][:, full] * z[full]).T.copy()
-        out.append(Mask3D(
-            valid=True,
-            position=positions[g],
-            orientation=orientations[g],
-            size=size[g],
-            box_center=centers[g],
-            normal=normals[count + g],
-            axis=axes[g],
-            point_count=n,
-            valid_ratio=ratio,
-            grasp_point=grasp_points[g],
-            grasp_normal=grasp_normals[g],
-            grasp_pixel=grasp_xy[g],
-            points=points,
-        ))
+        position, orientation, extent, center, normal, axis, grasp_point, grasp_normal, grasp_pixel = fields
+        out.append(Mask3D(valid=True, position=position, orientation=orientation, size=extent, box_center=center,
+                          normal=normal, axis=axis, point_count=n, valid_ratio=ratio, grasp_point=grasp_point,
+                          grasp_normal=grasp_normal, grasp_pixel=grasp_pixel, points=points))
     return out
 
 
