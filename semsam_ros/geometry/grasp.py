@@ -55,12 +55,12 @@ def interior_pixels(
     distance = ndimage.distance_transform_cdt(coarse, metric="chessboard")
     depth = (2.0 * np.take(distance, (rows >> 1) * distance.shape[1] + (cols >> 1)) + 0.5) * step
     near = depth >= np.repeat(np.maximum.reduceat(depth, starts), sizes) - 2 * step
-    per_row = np.count_nonzero(mask, axis=1)
-    n = np.bincount(grids.row_group + 1, weights=per_row, minlength=len(starts) + 1)[1:]
-    row_weights = per_row * (np.arange(h) - np.take(grids.offsets, np.maximum(grids.row_group, 0)))
-    mean_r = np.bincount(grids.row_group + 1, weights=row_weights, minlength=len(starts) + 1)[1:] / n
-    column_counts = np.add.reduceat(mask, grids.offsets, axis=0, dtype=np.intp)  # grid g: rows offsets[g]...
-    mean_c = column_counts @ np.arange(-1, w - 1) / n  # ... to the next grid's (its padding row is empty)
+    mask_index = np.flatnonzero(mask)  # grouped by grid: a grid's rows end at the next grid's
+    bounds = np.searchsorted(mask_index, grids.offsets * w)
+    mask_rows = mask_index // w
+    n = np.diff(np.append(bounds, mask_index.size))
+    mean_r = np.add.reduceat(mask_rows - np.repeat(grids.offsets, n), bounds) / n
+    mean_c = np.add.reduceat(mask_index - mask_rows * w, bounds) / n - 1
     d2 = (rows - np.repeat(grids.offsets + mean_r, sizes)) ** 2 + (cols - np.repeat(1 + mean_c, sizes)) ** 2
     return first_per_group(np.where(near, d2, np.inf), group, starts), depth
 
