@@ -222,7 +222,10 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
     lo = np.minimum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     hi = np.maximum.reduceat(q6, starts, axis=1).T.astype(np.float64)
     if extent.size:
-        ext_groups, ext_starts, ext_sizes = np.unique(extent_group, return_index=True, return_counts=True)
+        ext_sizes = np.bincount(extent_group, minlength=count)  # extent_group is sorted
+        ext_groups = np.flatnonzero(ext_sizes)
+        ext_sizes = np.take(ext_sizes, ext_groups)
+        ext_starts = np.cumsum(ext_sizes) - ext_sizes
         qe = _in_frames(np.concatenate([surface_t, principal_t], axis=1), e, ext_groups, ext_starts, ext_sizes,
                         np.empty((6, extent.size), dtype=np.float32))
         lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
