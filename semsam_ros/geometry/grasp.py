@@ -59,9 +59,9 @@ def interior_pixels(
     bounds = np.searchsorted(mask_index, grids.offsets * w)
     mask_rows = mask_index // w
     n = np.diff(np.append(bounds, mask_index.size))
-    mean_r = np.add.reduceat(mask_rows - np.repeat(grids.offsets, n), bounds) / n
-    mean_c = np.add.reduceat(mask_index - mask_rows * w, bounds) / n - 1
-    d2 = (rows - np.repeat(grids.offsets + mean_r, sizes)) ** 2 + (cols - np.repeat(1 + mean_c, sizes)) ** 2
+    mean_r = np.add.reduceat(mask_rows, bounds) / n
+    mean_c = np.add.reduceat(mask_index - mask_rows * w, bounds) / n
+    d2 = (rows - np.repeat(mean_r, sizes)) ** 2 + (cols - np.repeat(mean_c, sizes)) ** 2
     return first_per_group(np.where(near, d2, np.inf), group, starts), depth
 
 
