@@ -17,8 +17,25 @@ _OFFSETS = np.arange(-WINDOW_SAMPLES, WINDOW_SAMPLES + 1)
 _DR, _DC = np.repeat(_OFFSETS, _OFFSETS.size), np.tile(_OFFSETS, _OFFSETS.size)  # window samples, row-major
 _PRODUCTS = (np.array([0, 1, 2, 0, 0, 1]), np.array([0, 1, 2, 1, 2, 2]))  # the 6 entries of a symmetric 3x3
 _SYMMETRIC = np.array([[0, 3, 4], [3, 1, 5], [4, 5, 2]])  # their places in the matrix
+_ROW_PAIRS = (np.array([0, 0, 1]), np.array([1, 2, 2]))
+_NEXT, _AFTER = np.array([1, 2, 0]), np.array([2, 0, 1])  # cross product: (a x b)_i = a_j b_k - a_k b_j
 _QUADRANTS = np.stack([(_DR <= 0) & (_DC <= 0), (_DR <= 0) & (_DC >= 0), (_DR >= 0) & (_DC <= 0),
                        (_DR >= 0) & (_DC >= 0)])  # (4, window): the windows with the pixel at a corner
+
+
+def _window_templates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per half-size h (MIN_HALF_WINDOW..MAX_HALF_WINDOW): the row and column offsets of the window samples
+    (every ceil(h / WINDOW_SAMPLES) pixels), and which samples each of the five windows holds (the four corner
+    windows of half-size h, then the centred one of half-size h // 2)."""
+    half = np.arange(MIN_HALF_WINDOW, MAX_HALF_WINDOW + 1)[:, None]
+    stride = -(-half // WINDOW_SAMPLES)
+    dr, dc = _DR * stride, _DC * stride
+    inside = (np.abs(dr) <= half) & (np.abs(dc) <= half)
+    centred = (np.abs(dr) <= half // 2) & (np.abs(dc) <= half // 2)
+    return dr, dc, np.concatenate([inside[:, None] & _QUADRANTS, centred[:, None]], axis=1)
+
+
+_WINDOW_DR, _WINDOW_DC, _WINDOWS = _window_templates()  # (halves, window), (halves, window), (halves, 5, window)
 
 
 def first_per_group(values: np.ndarray, group: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -79,21 +96,20 @@ def face_normals(
     that, i.e. unless it straddles an edge. Oriented towards the camera; NaN when no window has 6 points.
     """
     width = grids.width
-    half = np.clip(np.floor(reach / math.sqrt(2)), MIN_HALF_WINDOW, MAX_HALF_WINDOW)[:, None]
-    stride = np.ceil(half / WINDOW_SAMPLES).astype(np.intp)  # the same number of samples in every window
-    dr, dc = _DR * stride, _DC * stride
-    r, c = (flat // width)[:, None] + dr, (flat % width)[:, None] + dc
-    keep = (np.abs(dr) <= half) & (np.abs(dc) <= half)
-    keep &= (r >= np.take(grids.y0, group)[:, None]) & (r < np.take(grids.y1, group)[:, None])
-    keep &= (c >= np.take(grids.x0, group)[:, None]) & (c < np.take(grids.x1, group)[:, None])
-    window = np.where(keep, r * width + c, flat[:, None])
-    keep &= grids.in_mask(np.where(keep, r, (flat // width)[:, None]), np.where(keep, c, (flat % width)[:, None]),
-                          group[:, None])
+    half = np.clip(np.floor(reach / math.sqrt(2)).astype(np.intp), MIN_HALF_WINDOW, MAX_HALF_WINDOW)
+    template = half - MIN_HALF_WINDOW  # the same number of samples in every window
+    row, col = flat // width, flat % width
+    r, c = row[:, None] + np.take(_WINDOW_DR, template, axis=0), col[:, None] + np.take(_WINDOW_DC, template, axis=0)
+    y0, x0 = np.take(grids.y0, group)[:, None], np.take(grids.x0, group)[:, None]
+    crop_width = np.take(grids.x1, group)[:, None] - x0
+    keep = (r >= y0) & (r < np.take(grids.y1, group)[:, None]) & (c >= x0) & (c < x0 + crop_width)
+    r, c = np.where(keep, r, row[:, None]), np.where(keep, c, col[:, None])  # outside the crop: the pixel itself
+    window = r * width + c
+    keep &= np.take(grids.selected, np.take(grids.crop_starts, group)[:, None] + (r - y0) * crop_width + (c - x0))
     centre = np.take(rays, flat, axis=1).astype(np.float64) * np.take(depth, flat)
     p = np.take(rays, window, axis=1) * np.take(depth, window)  # (3, K, window)
     p = np.where(keep, p - centre[:, :, None], 0.0).transpose(1, 2, 0)  # (K, window, 3), about the pixel
-    centred = keep & (np.abs(dr) <= half // 2) & (np.abs(dc) <= half // 2)
-    weights = np.concatenate([keep[:, None, :] & _QUADRANTS, centred[:, None, :]], axis=1).astype(np.float64)
+    weights = (keep[:, None, :] & np.take(_WINDOWS, template, axis=0)).astype(np.float64)  # (K, 5, window)
     n = weights.sum(axis=2)
     weights /= np.maximum(n, 1)[:, :, None]
     mean = weights @ p
@@ -127,16 +143,14 @@ def _smallest_eigenvectors(m: np.ndarray, smallest: np.ndarray) -> np.ndarray:
     eigenvalues ``smallest`` (K,): the longest of the cross products of two rows of m - smallest * I, which are
     all along it (numpy.linalg.eigh costs ~1 us a matrix). Where no two rows span a plane (a double eigenvalue,
     e.g. points on a line) the direction is not defined and numpy.linalg.eigh picks one."""
-    xx, yy, zz, xy, xz, yz = m.T
-    a, b, c = xx - smallest, yy - smallest, zz - smallest
-    crosses = np.array([[xy * yz - xz * b, xz * xy - a * yz, a * b - xy * xy],  # rows 0 x 1, 0 x 2, 1 x 2
-                        [xy * c - xz * yz, xz * xz - a * c, a * yz - xy * xz],
-                        [b * c - yz * yz, yz * xz - xy * c, xy * yz - b * xz]])  # (3 pairs, 3, K)
-    norms = np.einsum("pik,pik->pk", crosses, crosses)
-    pick = norms.argmax(axis=0)
+    rows = m[:, _SYMMETRIC] - smallest[:, None, None] * np.eye(3)
+    a, b = rows[:, _ROW_PAIRS[0]], rows[:, _ROW_PAIRS[1]]  # (K, 3 pairs, 3): rows 0 and 1, 0 and 2, 1 and 2
+    crosses = a[..., _NEXT] * b[..., _AFTER] - a[..., _AFTER] * b[..., _NEXT]
+    norms = np.einsum("kpi,kpi->kp", crosses, crosses)
+    pick = norms.argmax(axis=1)
     k = np.arange(m.shape[0])
-    vectors, norm = crosses.transpose(2, 0, 1)[k, pick], np.sqrt(norms[pick, k])
-    degenerate = norm <= 1e-6 * (a * a + b * b + c * c + 2 * (xy * xy + xz * xz + yz * yz))
+    vectors, norm = crosses[k, pick], np.sqrt(norms[k, pick])
+    degenerate = norm <= 1e-6 * np.einsum("kij,kij->k", rows, rows)
     if degenerate.any():
         vectors[degenerate] = np.linalg.eigh(m[degenerate][:, _SYMMETRIC])[1][:, :, 0]
         norm[degenerate] = 1.0

@@ -25,11 +25,11 @@ def _continues(d: np.ndarray, tol: float) -> np.ndarray:
     with link k, or the three starting with it, are equal within ``tol`` * |d_k| (NaN: no surface)."""
     n = d.shape[-1]
     gap = np.full((*d.shape[:-1], 2), np.nan, dtype=d.dtype)
-    p = np.concatenate([gap, d, gap], axis=-1)
+    change = np.concatenate([gap, np.abs(np.diff(d, axis=-1)), gap], axis=-1)  # [k + 2]: |d[k + 1] - d[k]|
     limit = tol * np.abs(d)
     with np.errstate(invalid="ignore"):
-        before = (np.abs(p[..., 1 : n + 1] - d) <= limit) & (np.abs(p[..., 0:n] - p[..., 1 : n + 1]) <= limit)
-        after = (np.abs(p[..., 3 : n + 3] - d) <= limit) & (np.abs(p[..., 4 : n + 4] - p[..., 3 : n + 3]) <= limit)
+        before = (change[..., 1 : n + 1] <= limit) & (change[..., 0:n] <= limit)
+        after = (change[..., 2 : n + 2] <= limit) & (change[..., 3 : n + 3] <= limit)
     return before | after
 
 
