@@ -20,25 +20,17 @@ SLOPE_TOLERANCE = 0.25
 _FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)
 
 
-def _continues(d: np.ndarray, tol: float) -> np.ndarray:
-    """Along the last axis of steps ``d`` (link k between pixels k and k + 1): True where the three steps ending
-    with link k, or the three starting with it, are equal within ``tol`` * |d_k| (NaN: no surface)."""
-    n = d.shape[-1]
-    gap = np.full((*d.shape[:-1], 2), np.nan, dtype=d.dtype)
-    change = np.concatenate([gap, np.abs(np.diff(d, axis=-1)), gap], axis=-1)  # [k + 2]: |d[k + 1] - d[k]|
-    limit = tol * np.abs(d)
+def _follows(inverse: np.ndarray, node: np.ndarray, stride: int) -> np.ndarray:
+    """Whether the link from each flat index ``node`` to ``node + stride`` of a canvas of inverse depths
+    (``inverse``, flat, NaN: not a node; its first and last rows and columns padding) continues the surface: the
+    three steps ending with it, or the three starting with it, are equal within ``SLOPE_TOLERANCE`` times it."""
+    window = np.take(inverse, node[:, None] + stride * np.arange(-2, 4), mode="clip")  # clipped: padding, NaN
+    step = np.diff(window, axis=1)  # (K, 5): the link's step in the middle
+    change = np.abs(np.diff(step, axis=1))  # (K, 4)
+    limit = SLOPE_TOLERANCE * np.abs(step[:, 2])
     with np.errstate(invalid="ignore"):
-        before = (change[..., 1 : n + 1] <= limit) & (change[..., 0:n] <= limit)
-        after = (change[..., 2 : n + 2] <= limit) & (change[..., 3 : n + 3] <= limit)
-    return before | after
-
-
-def _follows(z: np.ndarray, axis: int) -> np.ndarray:
-    """Links between neighbours along ``axis`` of depth ``z`` (NaN: not a node) whose step continues the surface
-    on one side (equal inverse-depth steps, ``_continues``)."""
-    w = np.moveaxis(1.0 / z, axis, -1)
-    with np.errstate(invalid="ignore"):
-        return np.moveaxis(_continues(np.diff(w, axis=-1), SLOPE_TOLERANCE), -1, axis)
+        before, after = (change[:, 1] <= limit) & (change[:, 0] <= limit), change[:, 2:] <= limit[:, None]
+        return before | after.all(axis=1)
 
 
 def surface_inliers(
@@ -70,13 +62,19 @@ def surface_inliers(
         limit = np.log1p(jump)[:, None]
         across = np.abs(np.diff(log_z, axis=1)) <= limit
         down = np.abs(np.diff(log_z, axis=0)) <= limit[:-1]
-    pairs_across, pairs_down = nodes[:, :-1] & nodes[:, 1:], nodes[:-1] & nodes[1:]
-    cut_across, cut_down = (across < pairs_across).any(), (down < pairs_down).any()
-    if cut_across:
-        across |= _follows(zn, 1)
-    if cut_down:
-        down |= _follows(zn, 0)
-    if (cut_across and (across < pairs_across).any()) or (cut_down and (down < pairs_down).any()):
+    cut_across = np.flatnonzero(across < (nodes[:, :-1] & nodes[:, 1:]))  # in (h, w - 1): row * (w - 1) + column
+    cut_down = np.flatnonzero(down < (nodes[:-1] & nodes[1:]))  # in (h - 1, w): the upper node's canvas index
+    cut = False
+    if cut_across.size or cut_down.size:  # links that are large jumps: kept where they continue the surface
+        with np.errstate(divide="ignore"):
+            inverse = 1.0 / zn.reshape(-1)
+        follows = _follows(inverse, cut_across + cut_across // (w - 1), 1)
+        across.reshape(-1)[cut_across] = follows
+        cut = not follows.all()
+        follows = _follows(inverse, cut_down, w)
+        down.reshape(-1)[cut_down] = follows
+        cut = cut or not follows.all()
+    if cut:
         links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)  # a link implies its two nodes
         links[::2, ::2] = nodes
         links[::2, 1::2] = across
