@@ -80,7 +80,7 @@ def surface_inliers(
         links[::2, 1::2] = across
         links[1::2, ::2] = down
         labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
-        pixel_labels = labels[::2, ::2]
+        pixel_labels = np.ascontiguousarray(labels[::2, ::2])
     else:  # no neighbours unlinked: the regions are those of the nodes
         pixel_labels, n = ndimage.label(nodes, structure=_FOUR_NEIGHBOURS)
     sizes = np.bincount(np.take(pixel_labels, valid_index), minlength=n + 1)
