@@ -1,7 +1,9 @@
 """Benchmark: 3D for 20 masks on a 640x480 16UC1 depth image on one CPU core. Prints JSON (times in ms).
 
 Scene: a table plane seen from 30 degrees above with 19 boxes of 4-10 cm on it at 0.5-1.3 m, f = 525 px,
-depth noise 1.5 mm * z^2, 2% holes; the 20 masks are the 19 boxes and the table (about half the image).
+depth noise 1.5 mm * z^2, 2% holes; the 20 masks are the 19 boxes and the table (about half the image). The masks
+are exact; ``bleeding`` figures grow the box masks by 2 pixels onto the table and what lies behind, as a
+segmenter's masks or a registered depth image's misalignment do, so that the outlier rule cuts links.
 Usage: python3 bench/geometry.py [--repeats 50]
 """
 import os
@@ -17,6 +19,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
@@ -79,6 +82,11 @@ def main() -> None:
     total_ms, total_cpu = median_ms(
         lambda: segments_to_3d(segments, depth_to_meters(depth_mm, "16UC1"), camera), args.repeats
     )
+    bleeding = [segments[0]] + [make_segment(ndimage.binary_dilation(s.mask, iterations=2), level=3, iou_score=1.0,
+                                             id=s.id) for s in segments[1:]]
+    bleeding_ms, bleeding_cpu = median_ms(
+        lambda: segments_to_3d(bleeding, depth_to_meters(depth_mm, "16UC1"), camera), args.repeats
+    )
     cloud_ms, _ = median_ms(
         lambda: segments_cloud(segments, segments_to_3d(segments, depth_m, camera, return_points=True)),
         max(3, args.repeats // 5),
@@ -94,9 +102,11 @@ def main() -> None:
         "median_cpu_ms_depth_to_meters": round(depth_cpu, 3),
         "median_ms_20_masks": round(masks_ms, 3),
         "median_cpu_ms_20_masks": round(masks_cpu, 3),
+        "median_ms_total_bleeding_masks": round(bleeding_ms, 3),
+        "median_cpu_ms_total_bleeding_masks": round(bleeding_cpu, 3),
         "median_ms_20_masks_with_points_and_cloud": round(cloud_ms, 3),
         "target_ms": 5.0,
-        "meets_target": total_ms <= 5.0,
+        "meets_target": max(total_ms, bleeding_ms) <= 5.0,
         "repeats": args.repeats,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
