@@ -1,4 +1,6 @@
 """Per-mask 3D on ray-cast scenes of exactly known geometry: planes, a box, a mug (cylinder) with a torus handle."""
+import warnings
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -268,3 +270,18 @@ def test_quaternion_round_trip():
         assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
         np.testing.assert_allclose(quaternion_to_matrix(q), r, atol=1e-12)
     np.testing.assert_allclose(matrix_to_quaternion(np.diag([1.0, -1.0, -1.0])), [1, 0, 0, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("max_points", [None, 16, 1024])
+def test_a_line_or_a_two_pixel_strip_gets_its_length_and_direction_without_warnings(max_points):
+    cam = CameraModel(np.array([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]]), 320, 240)
+    depth = np.ones((240, 320), np.float32)
+    for rows, cols, along in [(100, slice(50, 150), 0), (slice(50, 150), 100, 1), (slice(100, 102), slice(50, 150), 0)]:
+        mask = np.zeros((240, 320), bool)
+        mask[rows, cols] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no 0 / 0 in the frame fit of a shape without area
+            m = mask_to_3d(mask, depth, cam, max_points=max_points)
+        assert m.valid and abs(m.axis[along]) == pytest.approx(1.0)
+        assert m.size[0] == pytest.approx(99 / 300, rel=1e-3)  # 100 pixel centres, 99 spacings, at 1 m, f = 300
+        assert np.isfinite(m.orientation).all() and np.isfinite(m.grasp_point).all()

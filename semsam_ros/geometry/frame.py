@@ -75,7 +75,7 @@ def box_frames(
     inverse = 1 / np.maximum((cu * cu + cv * cv) * area, np.finfo(cu.dtype).tiny)  # c = 0: c^4 = 0
     fourth_r = np.add.reduceat((c2r * c2r - c2i * c2i) * inverse, starts)
     fourth_i = np.add.reduceat(2 * c2r * c2i * inverse, starts)
-    strength = np.hypot(fourth_r, fourth_i) / np.maximum(np.add.reduceat(area, starts), 1e-300)
+    strength = np.hypot(fourth_r, fourth_i) / np.maximum(np.add.reduceat(area, starts), np.finfo(area.dtype).tiny)
     angle = np.arctan2(fourth_i, fourth_r) / 4
     c11 = np.einsum("gi,gij,gj->g", b1, covariance, b1)
     c22 = np.einsum("gi,gij,gj->g", b2, covariance, b2)
