@@ -43,8 +43,8 @@ def surface_inliers(
     The grids of several masks are stacked along the rows of one canvas, each followed by a row without nodes and
     with a column without nodes first and last; ``groups`` (H,) gives each canvas row's grid (-1: none) and
     ``jump`` (H,) its relative depth jump. In each grid, regions with at least ``keep_fraction`` of the valid
-    pixels of its largest one are kept. Where some neighbours are not linked, pixels sit at even positions of a
-    twice-as-fine image, links between them at odd ones. A mask pixel without depth takes the depth of the last
+    pixels of its largest one are kept. Where some neighbours are not linked, the regions are those of an image
+    with the links between the pixels (``_linked_regions``). A mask pixel without depth takes the depth of the last
     valid pixel to its left in the row, so holes bridge rather than cut a surface; regions are sized by their valid
     pixels only.
     """
@@ -64,23 +64,17 @@ def surface_inliers(
         down = np.abs(np.diff(log_z, axis=0)) <= limit[:-1]
     cut_across = np.flatnonzero(across < (nodes[:, :-1] & nodes[:, 1:]))  # in (h, w - 1): row * (w - 1) + column
     cut_down = np.flatnonzero(down < (nodes[:-1] & nodes[1:]))  # in (h - 1, w): the upper node's canvas index
-    cut = False
     if cut_across.size or cut_down.size:  # links that are large jumps: kept where they continue the surface
         with np.errstate(divide="ignore"):
             inverse = 1.0 / zn.reshape(-1)
         follows = _follows(inverse, cut_across + cut_across // (w - 1), 1)
         across.reshape(-1)[cut_across] = follows
-        cut = not follows.all()
+        cut_across = cut_across[~follows]
         follows = _follows(inverse, cut_down, w)
         down.reshape(-1)[cut_down] = follows
-        cut = cut or not follows.all()
-    if cut:
-        links = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)  # a link implies its two nodes
-        links[::2, ::2] = nodes
-        links[::2, 1::2] = across
-        links[1::2, ::2] = down
-        labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
-        pixel_labels = np.ascontiguousarray(labels[::2, ::2])
+        cut_down = cut_down[~follows]
+    if cut_across.size or cut_down.size:
+        pixel_labels, n = _linked_regions(nodes, across, down, cut_down // w)
     else:  # no neighbours unlinked: the regions are those of the nodes
         pixel_labels, n = ndimage.label(nodes, structure=_FOUR_NEIGHBOURS)
     sizes = np.bincount(np.take(pixel_labels, valid_index), minlength=n + 1)
@@ -91,6 +85,26 @@ def surface_inliers(
     largest = np.zeros(n_groups + 1, dtype=sizes.dtype)  # the last entry collects label 0 (grid -1)
     np.maximum.at(largest, label_group, sizes)
     return np.take(sizes >= np.maximum(keep_fraction * largest[label_group], 1), pixel_labels) & valid
+
+
+def _linked_regions(nodes: np.ndarray, across: np.ndarray, down: np.ndarray, cut_rows: np.ndarray
+                    ) -> tuple[np.ndarray, int]:
+    """4-connected regions (labels in raster order, and their count) of ``nodes`` (H, W) joined by the links
+    ``across`` (H, W - 1) and ``down`` (H - 1, W), some of which are cut, those down only after rows ``cut_rows``.
+    Nodes sit at the even columns of an image, the links across at the odd ones; a row of links down follows the
+    rows in ``cut_rows``, elsewhere the next row of nodes touches (all its links down hold): the regions of the
+    twice-as-fine image at a fraction of its cost."""
+    h, w = nodes.shape
+    extra = np.zeros(h, dtype=np.intp)
+    extra[np.unique(cut_rows) + 1] = 1
+    row = np.arange(h) + np.cumsum(extra)  # the nodes' rows in the image
+    links = np.zeros((row[-1] + 1, 2 * w - 1), dtype=bool)  # a link implies its two nodes
+    links[row, ::2] = nodes
+    links[row, 1::2] = across
+    link_rows = np.flatnonzero(extra[1:])
+    links[row[link_rows] + 1, ::2] = down[link_rows]
+    labels, n = ndimage.label(links, structure=_FOUR_NEIGHBOURS)
+    return labels[row, ::2], n
 
 
 def _on_surface(z: np.ndarray, z_node: np.ndarray, z_back: np.ndarray, fraction: np.ndarray,
