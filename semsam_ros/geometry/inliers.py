@@ -96,7 +96,7 @@ def _linked_regions(nodes: np.ndarray, across: np.ndarray, down: np.ndarray, cut
     twice-as-fine image at a fraction of its cost."""
     h, w = nodes.shape
     extra = np.zeros(h, dtype=np.intp)
-    extra[np.unique(cut_rows) + 1] = 1
+    extra[cut_rows + 1] = 1
     row = np.arange(h) + np.cumsum(extra)  # the nodes' rows in the image
     links = np.zeros((row[-1] + 1, 2 * w - 1), dtype=bool)  # a link implies its two nodes
     links[row, ::2] = nodes
