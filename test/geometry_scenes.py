@@ -164,16 +164,16 @@ BOX_HALF = np.array([0.06, 0.035, 0.0375])  # a 12 x 7 x 7.5 cm box
 CAN_RADIUS, CAN_HEIGHT = 0.04, 0.12  # an upright can
 
 
-def tabletop(rays: np.ndarray, shape: str, elevation: float, distance: float,
-             turn: float = 30.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depth (float32 m) and mask of a ``BOX_HALF`` box (turned ``turn`` degrees on the table) or a can, centred
-    on the optical axis at ``distance``, on a table seen from ``elevation`` degrees above its plane; and the
-    object's true axes (box: its edges; can: its axis in every column)."""
+def tabletop(rays: np.ndarray, shape: str, elevation: float, distance: float, turn: float = 30.0,
+             half: np.ndarray = BOX_HALF) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth (float32 m) and mask of a box of half-sizes ``half`` (turned ``turn`` degrees on the table) or a
+    can, centred on the optical axis at ``distance``, on a table seen from ``elevation`` degrees above its plane;
+    and the object's true axes (box: its edges; can: its axis in every column)."""
     right, forward, up = table_frame(elevation)
     centre = np.array([0.0, 0.0, distance])
     if shape == "box":
         axes = np.column_stack([right, forward, up]) @ rotation([0.0, 0.0, 1.0], np.radians(turn))
-        base, obj = centre - BOX_HALF[2] * up, hit_box(rays, centre, axes, BOX_HALF)
+        base, obj = centre - half[2] * up, hit_box(rays, centre, axes, half)
     else:
         axes = np.column_stack([up, up, up])
         base = centre - CAN_HEIGHT / 2 * up

@@ -11,14 +11,20 @@ carry the box's axes, in their normals:
   arg(sum(c^4 / |c|^2)) / 4, exact for any mix of faces at right angles (the 4th power maps directions 90 degrees
   apart onto one) and weighted by area (the normals are cross products of the grid's central differences);
 * where the surface shows too little across that plane (one flat face, a disc), the two axes are the principal
-  axes of the points projected onto it.
+  axes of the points projected onto it;
+* a second candidate takes the in-plane axes from the outline of the first axis' face instead: the principal axes
+  of its area-weighted points (an L x W rectangle's are its edges). ``mask3d`` keeps the candidate whose box is
+  smaller: the normals fail where a box's visible sides are thin (a book or a bar seen from above: few side
+  normals, most of them blends of two faces, 4-5 degrees off), the outline where its face is seen at a grazing
+  angle or is square.
 """
 from __future__ import annotations
 
 import numpy as np
 
 MIN_FRAME_STRENGTH = 0.05
-"""Below this share of the surface area agreeing on an in-plane angle, the points' spread sets it instead."""
+"""Below this share of the surface area agreeing on an in-plane angle (or this anisotropy of the face's outline,
+for the second candidate), the points' spread sets it instead."""
 FACE_ANGLE = np.radians(20.0)
 """Sample normals this close to the grasp point's face normal are taken to be on that face."""
 
@@ -53,12 +59,14 @@ def sample_normals(p: np.ndarray, canvas_index: np.ndarray, canvas_shape: tuple[
 
 
 def box_frames(
-    first: np.ndarray, normals: np.ndarray, covariance: np.ndarray, sizes: np.ndarray, starts: np.ndarray
-) -> np.ndarray:
-    """(G, 3, 3) right-handed frames whose third column is ``first`` (G, 3; unit; refined on its face) and whose
-    first two fit the area-weighted ``normals`` (3, N) of each group of consecutive samples (``sizes`` of them,
-    from ``starts``) to a right-angled frame, or, where they do not determine it, the principal axes of the points'
-    ``covariance`` (G, 3, 3) across ``first``."""
+    first: np.ndarray, points: np.ndarray, normals: np.ndarray, mean: np.ndarray, covariance: np.ndarray,
+    sizes: np.ndarray, starts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two candidates (G, 3, 3) of right-handed frames whose third column is ``first`` (G, 3; unit; refined on its
+    face), for the groups of consecutive samples ``points`` (3, N; ``sizes`` of them, from ``starts``) with
+    area-weighted ``normals`` (3, N): the first two columns fit the normals to a right-angled frame, or follow the
+    outline of ``first``'s face (its area-weighted points' principal axes); where either does not determine them,
+    the principal axes across ``first`` of the points' ``covariance`` (G, 3, 3; about their ``mean``, G, 3)."""
     along = np.einsum("in,in->n", normals, np.repeat(first.T.astype(normals.dtype), sizes, axis=1))
     area = np.sqrt(np.einsum("in,in->n", normals, normals))
     on_face = np.abs(along) >= np.cos(FACE_ANGLE) * area
@@ -80,6 +88,31 @@ def box_frames(
     c11 = np.einsum("gi,gij,gj->g", b1, covariance, b1)
     c22 = np.einsum("gi,gij,gj->g", b2, covariance, b2)
     c12 = np.einsum("gi,gij,gj->g", b1, covariance, b2)
-    angle = np.where(strength >= MIN_FRAME_STRENGTH, angle, np.arctan2(2 * c12, c11 - c22) / 2)
-    u = np.cos(angle)[:, None] * b1 + np.sin(angle)[:, None] * b2
-    return np.stack([u, cross_rows(first, u), first], axis=2)
+    spread = np.arctan2(2 * c12, c11 - c22) / 2
+    outline, anisotropy = _outline(points, mean, b1, b2, area * on_face, sizes, starts)
+    angles = np.stack([np.where(strength >= MIN_FRAME_STRENGTH, angle, spread),
+                       np.where(anisotropy >= MIN_FRAME_STRENGTH, outline, spread)])  # (2, G)
+    u = np.cos(angles)[..., None] * b1 + np.sin(angles)[..., None] * b2
+    from_normals, from_outline = (np.stack([u_k, cross_rows(first, u_k), first], axis=2) for u_k in u)
+    return from_normals, from_outline
+
+
+def _outline(points: np.ndarray, mean: np.ndarray, b1: np.ndarray, b2: np.ndarray, weights: np.ndarray,
+             sizes: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Angle from ``b1`` towards ``b2`` (G, 3) of the principal axis of each group's ``weights``-weighted points
+    (3, N) in that plane, and the anisotropy of their spread (difference of the two variances over their sum)."""
+    centred = points - np.repeat(mean.T.astype(points.dtype), sizes, axis=1)
+    x = np.einsum("in,in->n", centred, np.repeat(b1.T.astype(points.dtype), sizes, axis=1))
+    y = np.einsum("in,in->n", centred, np.repeat(b2.T.astype(points.dtype), sizes, axis=1))
+    terms = np.empty((6, weights.size), dtype=weights.dtype)
+    terms[0] = weights
+    np.multiply(weights, x, out=terms[1])
+    np.multiply(weights, y, out=terms[2])
+    np.multiply(terms[1], x, out=terms[3])
+    np.multiply(terms[2], y, out=terms[4])
+    np.multiply(terms[1], y, out=terms[5])
+    total, sx, sy, sxx, syy, sxy = np.add.reduceat(terms, starts, axis=1).astype(np.float64)
+    total = np.maximum(total, 1e-300)
+    mx, my = sx / total, sy / total
+    cxx, cyy, cxy = sxx / total - mx * mx, syy / total - my * my, sxy / total - mx * my
+    return np.arctan2(2 * cxy, cxx - cyy) / 2, np.hypot(cxx - cyy, 2 * cxy) / np.maximum(cxx + cyy, 1e-300)

@@ -205,36 +205,38 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
                                       np.column_stack([starts, starts + sizes]).ravel())
     principal = np.linalg.eigh(covariance)[1][:, :, ::-1]  # the points' principal axes, largest spread first
     principal_t = principal.transpose(0, 2, 1).astype(np.float32)
-    q6 = np.empty((6, p.shape[1]), dtype=np.float32)  # the points in the surface's frame, then the principal one
-    _in_frames(principal_t, p, range(count), starts, sizes, q6[3:])
-    q_median = np.stack([_median(q6[3:, start : start + size]) for start, size in zip(starts, sizes)])
-    d = q6[3:] - np.repeat(q_median.T, sizes, axis=1)
+    q3_principal = _in_frames(principal_t, p, range(count), starts, sizes, np.empty((3, p.shape[1]), np.float32))
+    q_median = np.stack([_median(q3_principal[:, start : start + size]) for start, size in zip(starts, sizes)])
+    d = q3_principal - np.repeat(q_median.T, sizes, axis=1)
     nearest = first_per_group(np.einsum("ij,ij->j", d, d), group, starts)  # the inlier nearest the centroid
     targets = np.concatenate([grasp, nearest])  # the grasp pixel, then the centroid's, of every mask
     pixels = np.take(flat, targets)
     normals = face_normals(grids, rays, depth, pixels, np.tile(np.arange(count), 2), np.take(interior, targets))
     grasp_pixels, grasp_normals = pixels[:count], normals[:count]
     first = np.where(np.isnan(grasp_normals), principal[:, :, 2], grasp_normals)  # the grasp point's face normal
-    surface = box_frames(first, sample_normals(p, canvas_index, inliers.shape), covariance,
-                         sizes, starts)
-    surface_t = surface.transpose(0, 2, 1).astype(np.float32)
-    _in_frames(surface_t, p, range(count), starts, sizes, q6[:3])
-    lo = np.minimum.reduceat(q6, starts, axis=1).T.astype(np.float64)
-    hi = np.maximum.reduceat(q6, starts, axis=1).T.astype(np.float64)
+    surface, outline = box_frames(first, p, sample_normals(p, canvas_index, inliers.shape), mean, covariance, sizes,
+                                  starts)
+    candidates = np.stack([surface, outline, principal], axis=1)  # (G, 3 candidates, 3, 3)
+    candidates_t = candidates.transpose(0, 1, 3, 2).reshape(count, 9, 3).astype(np.float32)
+    q = np.empty((9, p.shape[1]), dtype=np.float32)  # the points in each candidate frame
+    q[6:] = q3_principal
+    _in_frames(candidates_t[:, :6], p, range(count), starts, sizes, q[:6])
+    lo = np.minimum.reduceat(q, starts, axis=1).T.astype(np.float64)
+    hi = np.maximum.reduceat(q, starts, axis=1).T.astype(np.float64)
     if extent.size:
         ext_sizes = np.bincount(extent_group, minlength=count)  # extent_group is sorted
         ext_groups = np.flatnonzero(ext_sizes)
         ext_sizes = np.take(ext_sizes, ext_groups)
         ext_starts = np.cumsum(ext_sizes) - ext_sizes
-        qe = _in_frames(np.concatenate([surface_t, principal_t], axis=1), e, ext_groups, ext_starts, ext_sizes,
-                        np.empty((6, extent.size), dtype=np.float32))
+        qe = _in_frames(candidates_t, e, ext_groups, ext_starts, ext_sizes, np.empty((9, extent.size), np.float32))
         lo[ext_groups] = np.minimum(lo[ext_groups], np.minimum.reduceat(qe, ext_starts, axis=1).T)
         hi[ext_groups] = np.maximum(hi[ext_groups], np.maximum.reduceat(qe, ext_starts, axis=1).T)
-    # the surface's frame (boxes, cylinders) unless the points' gives a much smaller box (curved parts whose normals
-    # do not form a right-angled frame)
-    volume = np.prod((hi - lo).reshape(count, 2, 3) + MIN_EXTENT, axis=2)
-    pick = volume[:, 1] < PRINCIPAL_VOLUME * volume[:, 0]
-    frames = np.where(pick[:, None, None], principal, surface)
+    # of the two surface frames the one with the smaller box; the points' principal axes when their box is much
+    # smaller still (curved parts whose normals do not form a right-angled frame)
+    volume = np.prod((hi - lo).reshape(count, 3, 3) + MIN_EXTENT, axis=2)
+    pick = (volume[:, 1] < volume[:, 0]).astype(np.intp)
+    pick = np.where(volume[:, 2] < PRINCIPAL_VOLUME * volume[np.arange(count), pick], 2, pick)
+    frames = candidates[np.arange(count), pick]
     box = 3 * pick[:, None] + np.arange(3)
     lo, hi = np.take_along_axis(lo, box, axis=1), np.take_along_axis(hi, box, axis=1)
     grasp_points = np.take(rays, grasp_pixels, axis=1).astype(np.float64).T * \
