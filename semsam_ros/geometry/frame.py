@@ -101,9 +101,10 @@ def _outline(points: np.ndarray, mean: np.ndarray, b1: np.ndarray, b2: np.ndarra
              sizes: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Angle from ``b1`` towards ``b2`` (G, 3) of the principal axis of each group's ``weights``-weighted points
     (3, N) in that plane, and the anisotropy of their spread (difference of the two variances over their sum)."""
-    centred = points - np.repeat(mean.T.astype(points.dtype), sizes, axis=1)
-    x = np.einsum("in,in->n", centred, np.repeat(b1.T.astype(points.dtype), sizes, axis=1))
-    y = np.einsum("in,in->n", centred, np.repeat(b2.T.astype(points.dtype), sizes, axis=1))
+    x = np.einsum("in,in->n", points, np.repeat(b1.T.astype(points.dtype), sizes, axis=1))
+    x -= np.repeat(np.einsum("gi,gi->g", mean, b1).astype(points.dtype), sizes)  # about the mean: small, exact
+    y = np.einsum("in,in->n", points, np.repeat(b2.T.astype(points.dtype), sizes, axis=1))
+    y -= np.repeat(np.einsum("gi,gi->g", mean, b2).astype(points.dtype), sizes)
     terms = np.empty((6, weights.size), dtype=weights.dtype)
     terms[0] = weights
     np.multiply(weights, x, out=terms[1])
