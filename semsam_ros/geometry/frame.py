@@ -58,6 +58,12 @@ def sample_normals(p: np.ndarray, canvas_index: np.ndarray, canvas_shape: tuple[
     return normals
 
 
+def _dot_per_group(samples: np.ndarray, vectors: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(N,) dot products of the columns of ``samples`` (3, N) with their group's row of ``vectors`` (G, 3), the
+    groups being ``sizes`` consecutive columns each."""
+    return np.einsum("in,in->n", samples, np.repeat(vectors.T.astype(samples.dtype), sizes, axis=1))
+
+
 def box_frames(
     first: np.ndarray, points: np.ndarray, normals: np.ndarray, mean: np.ndarray, covariance: np.ndarray,
     sizes: np.ndarray, starts: np.ndarray,
@@ -67,7 +73,7 @@ def box_frames(
     area-weighted ``normals`` (3, N): the first two columns fit the normals to a right-angled frame, or follow the
     outline of ``first``'s face (its area-weighted points' principal axes); where either does not determine them,
     the principal axes across ``first`` of the points' ``covariance`` (G, 3, 3; about their ``mean``, G, 3)."""
-    along = np.einsum("in,in->n", normals, np.repeat(first.T.astype(normals.dtype), sizes, axis=1))
+    along = _dot_per_group(normals, first, sizes)
     area = np.sqrt(np.einsum("in,in->n", normals, normals))
     on_face = np.abs(along) >= np.cos(FACE_ANGLE) * area
     face = np.add.reduceat(normals * (np.sign(along) * on_face), starts, axis=1).T
@@ -77,8 +83,8 @@ def box_frames(
     b1 = cross_rows(first, helper)
     b1 /= np.linalg.norm(b1, axis=1, keepdims=True)
     b2 = cross_rows(first, b1)
-    cu = np.einsum("in,in->n", normals, np.repeat(b1.T.astype(normals.dtype), sizes, axis=1))
-    cv = np.einsum("in,in->n", normals, np.repeat(b2.T.astype(normals.dtype), sizes, axis=1))
+    cu = _dot_per_group(normals, b1, sizes)
+    cv = _dot_per_group(normals, b2, sizes)
     c2r, c2i = cu * cu - cv * cv, 2 * cu * cv
     inverse = 1 / np.maximum((cu * cu + cv * cv) * area, np.finfo(cu.dtype).tiny)  # c = 0: c^4 = 0
     fourth_r = np.add.reduceat((c2r * c2r - c2i * c2i) * inverse, starts)
@@ -101,9 +107,9 @@ def _outline(points: np.ndarray, mean: np.ndarray, b1: np.ndarray, b2: np.ndarra
              sizes: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Angle from ``b1`` towards ``b2`` (G, 3) of the principal axis of each group's ``weights``-weighted points
     (3, N) in that plane, and the anisotropy of their spread (difference of the two variances over their sum)."""
-    x = np.einsum("in,in->n", points, np.repeat(b1.T.astype(points.dtype), sizes, axis=1))
+    x = _dot_per_group(points, b1, sizes)
     x -= np.repeat(np.einsum("gi,gi->g", mean, b1).astype(points.dtype), sizes)  # about the mean: small, exact
-    y = np.einsum("in,in->n", points, np.repeat(b2.T.astype(points.dtype), sizes, axis=1))
+    y = _dot_per_group(points, b2, sizes)
     y -= np.repeat(np.einsum("gi,gi->g", mean, b2).astype(points.dtype), sizes)
     terms = np.empty((6, weights.size), dtype=weights.dtype)
     terms[0] = weights

@@ -97,15 +97,14 @@ def face_normals(
     """
     width = grids.width
     half = np.clip(np.floor(reach / math.sqrt(2)).astype(np.intp), MIN_HALF_WINDOW, MAX_HALF_WINDOW)
-    template = half - MIN_HALF_WINDOW  # the same number of samples in every window
+    template = half - MIN_HALF_WINDOW  # its windows: the same number of samples whatever their size
     row, col = flat // width, flat % width
     r, c = row[:, None] + np.take(_WINDOW_DR, template, axis=0), col[:, None] + np.take(_WINDOW_DC, template, axis=0)
-    y0, x0 = np.take(grids.y0, group)[:, None], np.take(grids.x0, group)[:, None]
-    crop_width = np.take(grids.x1, group)[:, None] - x0
-    keep = (r >= y0) & (r < np.take(grids.y1, group)[:, None]) & (c >= x0) & (c < x0 + crop_width)
+    keep = (r >= np.take(grids.y0, group)[:, None]) & (r < np.take(grids.y1, group)[:, None])
+    keep &= (c >= np.take(grids.x0, group)[:, None]) & (c < np.take(grids.x1, group)[:, None])
     r, c = np.where(keep, r, row[:, None]), np.where(keep, c, col[:, None])  # outside the crop: the pixel itself
     window = r * width + c
-    keep &= np.take(grids.selected, np.take(grids.crop_starts, group)[:, None] + (r - y0) * crop_width + (c - x0))
+    keep &= grids.in_mask(r, c, group[:, None])
     centre = np.take(rays, flat, axis=1).astype(np.float64) * np.take(depth, flat)
     p = np.take(rays, window, axis=1) * np.take(depth, window)  # (3, K, window)
     p = np.where(keep, p - centre[:, :, None], 0.0).transpose(1, 2, 0)  # (K, window, 3), about the pixel

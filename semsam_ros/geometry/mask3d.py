@@ -257,8 +257,8 @@ def _describe(chosen: Sequence[tuple], depth_m: np.ndarray, camera: CameraModel,
             full = full_resolution_inliers(sel, z, grids.grid(inliers, g), step,
                                            options.depth_jump * step * math.sqrt(2))
             points = (camera.rays[:, y0:y1, x0:x1][:, full] * z[full]).T.copy()
-        position, orientation, extent, center, normal, axis, grasp_point, grasp_normal, grasp_pixel = fields
-        out.append(Mask3D(valid=True, position=position, orientation=orientation, size=extent, box_center=center,
+        position, orientation, box_size, center, normal, axis, grasp_point, grasp_normal, grasp_pixel = fields
+        out.append(Mask3D(valid=True, position=position, orientation=orientation, size=box_size, box_center=center,
                           normal=normal, axis=axis, point_count=n, valid_ratio=ratio, grasp_point=grasp_point,
                           grasp_normal=grasp_normal, grasp_pixel=grasp_pixel, points=points))
     return out
